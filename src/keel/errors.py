@@ -1,0 +1,154 @@
+"""Keel's one exception tree. Every error has a stable ``code`` and an HTTP status.
+
+::
+
+    KeelError
+    ├── ConfigError                  keel.yaml is wrong (never reaches HTTP)
+    ├── RequestError            400  the caller sent something we cannot use
+    │   ├── EmptyBody           400  empty_body
+    │   ├── InvalidJSON         400  invalid_json
+    │   ├── InvalidEncoding     400  invalid_encoding
+    │   ├── BodyTooLarge        413  body_too_large
+    │   ├── InvalidRequest      422  invalid_request       (wrong envelope shape/types)
+    │   ├── InputSchemaError    422  input_schema_violation
+    │   ├── EmptyText           422  empty_text
+    │   └── TextTooLong         422  text_too_long
+    ├── NotFound                404
+    │   ├── FeatureNotFound     404  feature_not_found
+    │   └── RouteNotFound       404  not_found
+    ├── ProviderError           502  one attempt at one target failed
+    │   ├── ProviderTimeout     504  provider_timeout      (retryable)
+    │   ├── ProviderUnavailable 502  provider_unavailable  (retryable: 5xx, connect errors)
+    │   ├── ProviderRateLimited 429  provider_rate_limited (retryable, may carry retry_after)
+    │   ├── ProviderBadResponse 502  provider_bad_response (malformed body; next target)
+    │   └── ProviderRejected    502  provider_rejected     (4xx from upstream; not retryable)
+    └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
+
+The HTTP layer turns any of these into ``{"error": {"code", "message", "type", "param"}}``,
+which is also the shape OpenAI's SDK parses into its own exception types.
+"""
+
+from __future__ import annotations
+
+
+class KeelError(Exception):
+    code: str = "keel_error"
+    status: int = 500
+    # OpenAI's error "type" for the same situation, so its SDK maps it right
+    type: str = "api_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "type": self.type, "param": self.param}
+
+
+class ConfigError(KeelError):
+    """A keel.yaml that cannot be used. ``message`` names the file and the field path."""
+
+    code = "config_invalid"
+
+
+class RequestError(KeelError):
+    code = "bad_request"
+    status = 400
+    type = "invalid_request_error"
+
+
+class EmptyBody(RequestError):
+    code = "empty_body"
+
+
+class InvalidJSON(RequestError):
+    code = "invalid_json"
+
+
+class InvalidEncoding(RequestError):
+    code = "invalid_encoding"
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    status = 413
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+    status = 422
+
+
+class InputSchemaError(RequestError):
+    code = "input_schema_violation"
+    status = 422
+
+
+class EmptyText(RequestError):
+    code = "empty_text"
+    status = 422
+
+
+class TextTooLong(RequestError):
+    code = "text_too_long"
+    status = 422
+
+
+class NotFound(KeelError):
+    code = "not_found"
+    status = 404
+    type = "not_found_error"
+
+
+class FeatureNotFound(NotFound):
+    code = "feature_not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "not_found"
+
+
+class ProviderError(KeelError):
+    code = "provider_error"
+    status = 502
+
+
+class ProviderTimeout(ProviderError):
+    code = "provider_timeout"
+    status = 504
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    code = "provider_unavailable"
+    retryable = True
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+    status = 429
+    type = "rate_limit_error"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderBadResponse(ProviderError):
+    code = "provider_bad_response"
+
+
+class ProviderRejected(ProviderError):
+    code = "provider_rejected"
+
+
+class AllTargetsFailed(KeelError):
+    code = "all_targets_failed"
+    status = 502
+
+    def __init__(self, message: str, *, trace_id: str) -> None:
+        super().__init__(message)
+        self.trace_id = trace_id

@@ -1,0 +1,333 @@
+"""Feature specs: the pydantic models behind keel.yaml, and loading it.
+
+Loading is strict: unknown keys, dangling references (an alias to a missing version,
+a version on a missing provider), invalid JSON Schemas or regexes and unreadable label
+files are all refused with a :class:`~keel.errors.ConfigError` that names the file, the
+field path and what is wrong. ``${VAR}`` and ``${VAR:-default}`` in any string are
+replaced from the environment when the file is loaded, never per call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jsonschema
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from keel.errors import ConfigError
+from keel.providers.base import OutputKind, template_fields
+from keel.types import JSON, OnFail
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSpec(_Strict):
+    """A named connection to a model server (``providers:`` in keel.yaml)."""
+
+    type: str = Field(description="wire protocol: openai (also vLLM, Ollama, LM Studio) or local")
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, description="use ${ENV_VAR}; never write keys")
+    timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+DEFAULT_INPUT_SCHEMA: dict[str, JSON] = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": {"type": "string"}},
+}
+
+
+class InputSpec(_Strict):
+    json_schema: dict[str, JSON] = Field(default=DEFAULT_INPUT_SCHEMA, alias="schema")
+    text_field: str | None = Field(default="text", description="field the text checks apply to")
+    max_chars: int = Field(default=8000, ge=1)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, JSON]) -> dict[str, JSON]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
+
+class OutputSpec(_Strict):
+    kind: OutputKind = "label"
+    labels: list[str] | None = None
+    labels_file: Path | None = Field(default=None, description="a JSON list of label names")
+    label_descriptions: dict[str, str] = Field(default_factory=dict)
+
+
+class _ValidatorBase(_Strict):
+    on_fail: OnFail = OnFail.REFUSE
+
+
+class JsonSchemaValidatorSpec(_ValidatorBase):
+    type: Literal["json_schema"]
+    json_schema: dict[str, JSON] = Field(alias="schema")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, JSON]) -> dict[str, JSON]:
+        return InputSpec._valid_schema(value)
+
+
+class AllowedLabelsValidatorSpec(_ValidatorBase):
+    type: Literal["allowed_labels"]
+    labels: list[str] | None = Field(default=None, description="default: the feature's labels")
+
+
+class RegexValidatorSpec(_ValidatorBase):
+    type: Literal["regex"]
+    pattern: str
+    field: str | None = Field(default=None, description="output field to match; default: text")
+    must_match: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class LengthValidatorSpec(_ValidatorBase):
+    type: Literal["length"]
+    min_chars: int = Field(default=0, ge=0)
+    max_chars: int | None = Field(default=None, ge=1)
+    field: str | None = None
+
+
+ValidatorSpec = Annotated[
+    JsonSchemaValidatorSpec | AllowedLabelsValidatorSpec | RegexValidatorSpec | LengthValidatorSpec,
+    Field(discriminator="type"),
+]
+
+
+class PolicySpec(_Strict):
+    """Confidence thresholds of the decide stage.
+
+    confidence >= accept_at -> accepted; < refuse_below -> refused; between -> review.
+    """
+
+    accept_at: float = Field(default=0.5, ge=0, le=1)
+    refuse_below: float = Field(default=0.0, ge=0, le=1)
+    unknown_confidence: Literal["accept", "review"] = "accept"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicySpec:
+        if self.refuse_below > self.accept_at:
+            raise ValueError(
+                f"refuse_below ({self.refuse_below}) must not exceed accept_at ({self.accept_at})"
+            )
+        return self
+
+
+class RetrySpec(_Strict):
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.05, ge=0)
+    max_backoff_s: float = Field(default=2.0, ge=0)
+
+
+class VersionSpec(_Strict):
+    provider: str = "local"
+    model: str
+    prompt: str | None = None
+    system: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = Field(default=None, gt=0, description="default: the provider's")
+    price: dict[str, float] | None = Field(
+        default=None, description="USD per million tokens: {input: .., output: ..}"
+    )
+
+
+class FeatureSpec(_Strict):
+    description: str = ""
+    input: InputSpec = Field(default_factory=InputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    versions: dict[str, VersionSpec]
+    aliases: dict[str, str]
+    fallbacks: list[str] = Field(default_factory=list)
+    validators: list[ValidatorSpec] = Field(default_factory=list)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    safe_default: JSON = None
+
+    @model_validator(mode="after")
+    def _references(self) -> FeatureSpec:
+        if not self.versions:
+            raise ValueError("at least one version is needed")
+        if "champion" not in self.aliases:
+            raise ValueError("aliases must name a 'champion' version")
+        for alias, version in self.aliases.items():
+            if version not in self.versions:
+                raise ValueError(
+                    f"alias '{alias}' points at unknown version '{version}' "
+                    f"(versions: {', '.join(self.versions)})"
+                )
+        for version in self.fallbacks:
+            if version not in self.versions:
+                raise ValueError(
+                    f"fallback '{version}' is not a version (versions: {', '.join(self.versions)})"
+                )
+        return self
+
+
+class KeelSpec(_Strict):
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    features: dict[str, FeatureSpec]
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> KeelSpec:
+        known = {"local", *self.providers}
+        for fname, feature in self.features.items():
+            for vname, version in feature.versions.items():
+                if version.provider not in known:
+                    raise ValueError(
+                        f"features.{fname}.versions.{vname}.provider: unknown provider "
+                        f"'{version.provider}' (known: {', '.join(sorted(known))})"
+                    )
+        return self
+
+
+# --- loading -------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: str, env: dict[str, str], file: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, file) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", env, file) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{file}: {path}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-default}})"
+        )
+
+    return _ENV.sub(sub, value)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("json_schema",):
+            out += ".schema"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _format_validation(file: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        # drop the discriminator tag pydantic adds for tagged unions
+        loc = tuple(p for p in err["loc"] if p not in {"json_schema", "allowed_labels", "regex", "length"} or p == err["loc"][-1])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see README: keel.yaml reference)"
+        where = _loc(loc)
+        lines.append(f"{file}: {where}: {msg}" if where else f"{file}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_labels(spec: KeelSpec, base: Path, file: str) -> KeelSpec:
+    """Read label files once at load (paths relative to keel.yaml's folder)."""
+    features = {}
+    for fname, feature in spec.features.items():
+        out = feature.output
+        if out.labels_file is not None:
+            path = out.labels_file if out.labels_file.is_absolute() else base / out.labels_file
+            where = f"{file}: features.{fname}.output.labels_file"
+            try:
+                labels = orjson.loads(path.read_bytes())
+            except FileNotFoundError:
+                raise ConfigError(f"{where}: file not found: {path}") from None
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: {path} is not JSON: {exc}") from None
+            if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+                raise ConfigError(f"{where}: {path} must hold a non-empty JSON list of strings")
+            out = out.model_copy(update={"labels": labels, "labels_file": path})
+        if out.kind == "label" and not out.labels:
+            raise ConfigError(
+                f"{file}: features.{fname}.output: a 'label' feature needs labels or labels_file"
+            )
+        for i, validator in enumerate(feature.validators):
+            if isinstance(validator, AllowedLabelsValidatorSpec) and not (validator.labels or out.labels):
+                raise ConfigError(
+                    f"{file}: features.{fname}.validators[{i}]: allowed_labels needs labels "
+                    "here or on the feature's output"
+                )
+        for vname, version in feature.versions.items():
+            if version.prompt is None:
+                continue
+            allowed = {"input", *feature.input.json_schema.get("properties", {})}
+            missing = template_fields(version.prompt) - allowed
+            if missing:
+                raise ConfigError(
+                    f"{file}: features.{fname}.versions.{vname}.prompt: placeholder(s) "
+                    f"{', '.join(sorted(missing))} are not input properties "
+                    f"(known: {', '.join(sorted(allowed))})"
+                )
+        features[fname] = feature.model_copy(update={"output": out})
+    return spec.model_copy(update={"features": features})
+
+
+def parse_spec(data: Any, *, file: str = "keel.yaml", base: Path | None = None,
+               env: dict[str, str] | None = None) -> KeelSpec:
+    """Validate an already-parsed keel.yaml document."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping with a 'features' key")
+    data = _interpolate(data, "", dict(os.environ) if env is None else env, file)
+    try:
+        spec = KeelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(file, exc)) from None
+    return _resolve_labels(spec, base or Path.cwd(), file)
+
+
+def load_spec(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> KeelSpec:
+    """Read and validate keel.yaml. Raises ConfigError with a message fit for a person."""
+    p = Path(path)
+    file = str(p)
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
+    return parse_spec(data, file=file, base=p.resolve().parent, env=env)

@@ -1,0 +1,140 @@
+"""The shared vocabulary of one call. Every stage, provider and surface speaks it.
+
+A :class:`Call` goes in; the stages fill a :class:`CallState`; an :class:`Outcome`
+comes out and is recorded as an :class:`Event`. See DESIGN.md for the words.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = Any  # a value that round-trips through JSON
+
+
+class Decision(enum.StrEnum):
+    """How one call ended."""
+
+    ACCEPTED = "accepted"
+    REPAIRED = "repaired"
+    FALLBACK = "fallback"
+    REVIEW = "review"
+    REFUSED = "refused"
+    ERROR = "error"
+
+
+class OnFail(enum.StrEnum):
+    """What a failed validator asks the decide stage to do."""
+
+    REPAIR = "repair"
+    REASK = "reask"
+    FALLBACK = "fallback"
+    REVIEW = "review"
+    REFUSE = "refuse"
+    LOG = "log"
+
+
+@dataclass(slots=True)
+class Call:
+    """One request for a feature, as every surface hands it to the pipeline."""
+
+    feature: str
+    input: dict[str, JSON]
+    trace_id: str
+    user: str | None = None
+    key: str | None = None
+    # bytes of the raw request body when it came over HTTP (for the size check)
+    body_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens a provider reports for one attempt."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Completion:
+    """What a provider returns for one successful attempt.
+
+    ``output`` is the feature's answer (a label dict for classifiers, text or parsed
+    JSON for generators); ``text`` is the raw model text when there is one.
+    """
+
+    output: JSON
+    confidence: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    text: str | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at one target: recorded whether it worked or not."""
+
+    version: str
+    provider: str
+    ok: bool
+    latency_ms: float
+    retry: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    # why this attempt did not produce the answer, when it succeeded at the wire
+    # level but a validator sent the call on (e.g. "validator:allowed_labels")
+    rejected_by: str | None = None
+
+
+@dataclass(slots=True)
+class ValidationResult:
+    validator: str
+    passed: bool
+    on_fail: OnFail
+    message: str | None = None
+    repaired: JSON = None  # the repaired output when the validator could fix it
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The answer to one call: what the caller sees and what is recorded."""
+
+    trace_id: str
+    feature: str
+    version: str | None
+    output: JSON
+    decision: Decision
+    confidence: float | None
+    timings_ms: dict[str, float]
+    cost_usd: float | None
+    usage: Usage
+    attempts: list[Attempt]
+    validations: list[ValidationResult]
+    reviewed: bool = False
+    error_code: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Event:
+    """One record of one call, as the store keeps it."""
+
+    trace_id: str
+    ts: float
+    feature: str
+    version: str | None
+    decision: Decision
+    confidence: float | None
+    latency_ms: float
+    timings_ms: dict[str, float]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    attempts: list[Attempt]
+    validations: list[ValidationResult]
+    input: JSON
+    output: JSON
+    user: str | None = None
+    key: str | None = None
+    error_code: str | None = None
