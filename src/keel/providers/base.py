@@ -44,6 +44,11 @@ class Provider(Protocol):
     async def start(self) -> None:
         """Open connections, load weights. Called once before the first call."""
 
+    async def prepare(self, request: ProviderRequest) -> None:
+        """Load what one version needs (label embeddings, a trained head) before traffic.
+
+        Called once per (feature, version) at start with an empty ``input``."""
+
     async def complete(self, request: ProviderRequest) -> Completion:
         """One attempt. Raise a ProviderError subclass on failure."""
 
