@@ -73,6 +73,14 @@ class OutputSpec(_Strict):
 class _ValidatorBase(_Strict):
     on_fail: OnFail = OnFail.REFUSE
 
+    @field_validator("on_fail")
+    @classmethod
+    def _available(cls, value: OnFail) -> OnFail:
+        if value is OnFail.REASK:
+            raise ValueError("on_fail 'reask' is not available yet; use repair, fallback, "
+                             "review, refuse or log")
+        return value
+
 
 class JsonSchemaValidatorSpec(_ValidatorBase):
     type: Literal["json_schema"]
@@ -143,6 +151,13 @@ class RetrySpec(_Strict):
     max_backoff_s: float = Field(default=2.0, ge=0)
 
 
+class PriceSpec(_Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class VersionSpec(_Strict):
     provider: str = "local"
     model: str
@@ -150,9 +165,7 @@ class VersionSpec(_Strict):
     system: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0, description="default: the provider's")
-    price: dict[str, float] | None = Field(
-        default=None, description="USD per million tokens: {input: .., output: ..}"
-    )
+    price: PriceSpec | None = None
 
 
 class FeatureSpec(_Strict):

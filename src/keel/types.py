@@ -112,6 +112,7 @@ class Outcome:
     attempts: list[Attempt]
     validations: list[ValidationResult]
     reviewed: bool = False
+    reason: str | None = None  # why the decision is not plain "accepted"
     error_code: str | None = None
     error: str | None = None
 
@@ -137,4 +138,5 @@ class Event:
     output: JSON
     user: str | None = None
     key: str | None = None
+    reason: str | None = None
     error_code: str | None = None

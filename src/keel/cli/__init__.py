@@ -1,0 +1,24 @@
+"""``keel``: the command line. One module per command group; this one wires them."""
+
+from __future__ import annotations
+
+import typer
+
+from keel.cli import call, check, evaluate, events, serve
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: the system around the model. Serve features, call them, inspect events.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+app.command("call")(call.call)
+app.command("check")(check.check)
+app.command("events")(events.events)
+app.command("eval")(evaluate.evaluate)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,37 @@
+"""``keel serve``: the HTTP server on the embedded default or a configured store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from keel.cli.common import ConfigOpt, DatabaseOpt, console, fail, load, settings_for
+from keel.errors import KeelError
+from keel.gateway import Keel
+from keel.server import create_app
+
+
+def serve(
+    config: ConfigOpt = None,
+    database: DatabaseOpt = None,
+    host: Annotated[str | None, typer.Option(help="address to bind [env KEEL_HOST; default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [env KEEL_PORT; default 8000]")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve every feature of keel.yaml over HTTP (OpenAI-compatible API + feature API)."""
+    settings = settings_for(config, database, host=host, port=port)
+    spec = load(settings)
+    try:
+        keel = Keel(spec, settings)
+    except KeelError as exc:
+        fail(exc.message)
+    app = create_app(keel)
+    console.print(
+        f"[bold]keel[/] serving {len(spec.features)} feature(s) "
+        f"({', '.join(spec.features)}) on http://{settings.host}:{settings.port} "
+        f"— events in {settings.database}", highlight=False,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+                access_log=False, timeout_graceful_shutdown=30)

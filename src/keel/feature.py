@@ -1,0 +1,59 @@
+"""A feature ready to serve: its spec compiled once into checks, validators, a router
+and one provider request template per version. Nothing here runs per call except
+:meth:`Feature.request`, which copies a template with the call's input."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from keel.providers.base import Provider, ProviderRequest
+from keel.spec import FeatureSpec, KeelSpec, ProviderSpec
+from keel.stages.checks import Check, build_checks
+from keel.stages.route import Router
+from keel.stages.validate import Validator, build_validators
+from keel.types import JSON
+
+LOCAL = ProviderSpec(type="local", timeout_s=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    version: str
+    provider: Provider
+    provider_type: str
+    template: ProviderRequest
+
+
+class Feature:
+    def __init__(self, name: str, spec: FeatureSpec, root: KeelSpec,
+                 providers: Mapping[str, Provider]) -> None:
+        self.name = name
+        self.spec = spec
+        self.checks: list[Check] = build_checks(spec)
+        self.validators: list[Validator] = build_validators(spec)
+        self.router = Router(spec.aliases, spec.fallbacks)
+        self.targets: dict[str, Target] = {}
+        for vname, version in spec.versions.items():
+            pspec = root.providers.get(version.provider, LOCAL)
+            params = dict(version.params)
+            if spec.input.text_field:
+                params.setdefault("text_field", spec.input.text_field)
+            template = ProviderRequest(
+                feature=name,
+                version=vname,
+                model=version.model,
+                input={},
+                output_kind=spec.output.kind,
+                timeout_s=version.timeout_s or pspec.timeout_s,
+                prompt=version.prompt,
+                system=version.system,
+                labels=spec.output.labels,
+                label_descriptions=spec.output.label_descriptions or None,
+                params=params,
+            )
+            self.targets[vname] = Target(vname, providers[version.provider], pspec.type, template)
+
+    def request(self, version: str, input: dict[str, JSON]) -> ProviderRequest:
+        return dataclasses.replace(self.targets[version].template, input=input)

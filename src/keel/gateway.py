@@ -1,0 +1,124 @@
+"""The app object: settings, compiled features, providers, the store and its writer.
+
+``Keel`` is the async core every surface uses (HTTP server, CLI, library).
+:class:`SyncKeel` is the thin blocking facade over the same object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio.from_thread
+
+from keel.feature import Feature
+from keel.pipeline import Pipeline
+from keel.providers import Provider, build_provider
+from keel.spec import KeelSpec, ProviderSpec, load_spec
+from keel.settings import Settings
+from keel.stages.record import EventWriter
+from keel.store import SQLiteStore
+from keel.types import JSON, Call, Outcome
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+class Keel:
+    def __init__(self, spec: KeelSpec, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.spec = spec
+        self.store = SQLiteStore(self.settings.database)
+        self.writer = EventWriter(self.store, batch_size=self.settings.event_batch_size)
+        provider_specs = {"local": ProviderSpec(type="local"), **spec.providers}
+        used = {v.provider for f in spec.features.values() for v in f.versions.values()}
+        self.providers: dict[str, Provider] = {
+            name: build_provider(name, pspec, self.settings.extra_provider_types)
+            for name, pspec in provider_specs.items()
+            if name in used
+        }
+        self.features = {
+            name: Feature(name, fspec, spec, self.providers) for name, fspec in spec.features.items()
+        }
+        self.pipeline = Pipeline(
+            self.features, self.writer.submit, store_payloads=self.settings.store_payloads
+        )
+        self._started = False
+
+    @classmethod
+    def from_config(cls, settings: Settings | None = None) -> Keel:
+        settings = settings or Settings.from_env()
+        return cls(load_spec(settings.config), settings)
+
+    async def start(self) -> None:
+        """Migrate the store, start the writer, connect providers, load every version."""
+        if self._started:
+            return
+        self.store.migrate()
+        self.writer.start()
+        for provider in self.providers.values():
+            await provider.start()
+        for feature in self.features.values():
+            for target in feature.targets.values():
+                await target.provider.prepare(target.template)
+        self._started = True
+
+    async def close(self) -> None:
+        """Close providers, then drain the event writer: nothing accepted is lost."""
+        for provider in self.providers.values():
+            await provider.close()
+        self.writer.close()
+        self._started = False
+
+    async def __aenter__(self) -> Keel:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(
+        self,
+        feature: str,
+        input: dict[str, JSON],
+        *,
+        user: str | None = None,
+        key: str | None = None,
+        trace_id: str | None = None,
+        body_bytes: int = 0,
+    ) -> Outcome:
+        call = Call(feature, input, trace_id or new_trace_id(), user, key, body_bytes)
+        return await self.pipeline.run(call)
+
+
+class SyncKeel:
+    """Blocking facade: runs a :class:`Keel` on an event loop in a background thread."""
+
+    def __init__(self, keel: Keel, portal: anyio.from_thread.BlockingPortal) -> None:
+        self.keel = keel
+        self._portal = portal
+
+    def call(self, feature: str, input: dict[str, JSON], **kwargs: Any) -> Outcome:
+        async def run() -> Outcome:
+            return await self.keel.call(feature, input, **kwargs)
+
+        return self._portal.call(run)
+
+    def flush(self) -> None:
+        self.keel.writer.flush()
+
+
+@contextmanager
+def open_sync(settings: Settings | None = None, spec: KeelSpec | None = None) -> Iterator[SyncKeel]:
+    """``with keel.open_sync() as k: k.call("intent", {"text": ...})``"""
+    settings = settings or Settings.from_env()
+    keel = Keel(spec or load_spec(settings.config), settings)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        portal.call(keel.start)
+        try:
+            yield SyncKeel(keel, portal)
+        finally:
+            portal.call(keel.close)

@@ -1,0 +1,186 @@
+"""The order of one call's stages, in one place:
+
+    checks -> route -> invoke (+ fallback) -> validate -> decide -> record
+
+Each stage lives in its own module under :mod:`keel.stages`; this module only wires
+them together, times them and builds the :class:`~keel.types.Outcome`. It is async and
+does no blocking I/O: recording hands the event to a background writer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from keel.cost import cost_usd
+from keel.errors import AllTargetsFailed, FeatureNotFound, ProviderError, RequestError
+from keel.feature import Feature
+from keel.stages.checks import run_checks
+from keel.stages.decide import decide
+from keel.stages.invoke import invoke_target
+from keel.stages.validate import run_validators
+from keel.types import (
+    Attempt,
+    Call,
+    Decision,
+    Event,
+    OnFail,
+    Outcome,
+    Usage,
+    ValidationResult,
+)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        features: Mapping[str, Feature],
+        record: Callable[[Event], None],
+        *,
+        store_payloads: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.features = features
+        self._record = record
+        self._store_payloads = store_payloads
+        self._rng = rng or random.Random()
+
+    def feature(self, name: str) -> Feature:
+        try:
+            return self.features[name]
+        except KeyError:
+            known = ", ".join(sorted(self.features)) or "none"
+            raise FeatureNotFound(f"no feature named '{name}' (features: {known})") from None
+
+    async def run(self, call: Call) -> Outcome:
+        """Serve one call. Bad input raises a RequestError (and is recorded); every other
+        ending, a failed upstream included, is an Outcome with its decision."""
+        feature = self.feature(call.feature)
+        clock = time.perf_counter
+        start = clock()
+        timings: dict[str, float] = {}
+
+        try:
+            run_checks(feature.checks, call)
+        except RequestError as exc:
+            timings["checks"] = _ms(start)
+            self._emit(call, start, timings, _failed(call, feature.name, exc, timings))
+            raise
+        t = clock()
+        timings["checks"] = _ms(start, t)
+
+        route = feature.router.route(call)
+        t2 = clock()
+        timings["route"] = _ms(t, t2)
+
+        attempts: list[Attempt] = []
+        validations: list[ValidationResult] = []
+        usage = Usage()
+        cost: float | None = 0.0
+        invoke_ms = validate_ms = 0.0
+        last_error: ProviderError | None = None
+        answer = None
+        rejected = None  # an answer a validator sent on to a target that then failed
+        for index, version in enumerate(route.versions):
+            target = feature.targets[version]
+            t_inv = clock()
+            try:
+                completion = await invoke_target(
+                    target.provider, feature.request(version, call.input),
+                    feature.spec.retry, attempts, self._rng,
+                )
+            except ProviderError as exc:
+                invoke_ms += _ms(t_inv)
+                last_error = exc
+                continue
+            t_val = clock()
+            invoke_ms += _ms(t_inv, t_val)
+            usage.input_tokens += completion.usage.input_tokens
+            usage.output_tokens += completion.usage.output_tokens
+            attempt_cost = cost_usd(target.provider_type, feature.spec.versions[version], completion.usage)
+            cost = None if cost is None or attempt_cost is None else cost + attempt_cost
+            validations, output = run_validators(feature.validators, completion.output)
+            validate_ms += _ms(t_val)
+            more_targets = index + 1 < len(route.versions)
+            sent_on = next(
+                (v for v in validations if not v.passed and v.on_fail is OnFail.FALLBACK), None
+            )
+            if sent_on is not None and more_targets:
+                attempts[-1].rejected_by = f"validator:{sent_on.validator}"
+                rejected = (index, version, completion, output, validations)
+                continue
+            answer = (index, version, completion, output)
+            break
+
+        timings["invoke"] = round(invoke_ms, 3)
+        timings["validate"] = round(validate_ms, 3)
+        t_dec = clock()
+        if answer is None and rejected is not None:
+            *head, validations = rejected
+            answer = (head[0], head[1], head[2], head[3])
+        if answer is None:
+            outcome = Outcome(
+                trace_id=call.trace_id, feature=feature.name, version=None, output=None,
+                decision=Decision.ERROR, confidence=None, timings_ms=timings, cost_usd=cost,
+                usage=usage, attempts=attempts, validations=validations,
+                error_code=AllTargetsFailed.code,
+                error=_all_failed_message(route.versions, last_error, validations),
+            )
+        else:
+            index, version, completion, output = answer
+            verdict = decide(
+                output, completion.confidence, validations, feature.spec.policy,
+                feature.spec.safe_default, from_fallback=index > 0,
+            )
+            outcome = Outcome(
+                trace_id=call.trace_id, feature=feature.name, version=version,
+                output=verdict.output, decision=verdict.decision,
+                confidence=completion.confidence, timings_ms=timings, cost_usd=cost,
+                usage=usage, attempts=attempts, validations=validations,
+                reviewed=False, reason=verdict.reason,
+            )
+        timings["decide"] = _ms(t_dec)
+        self._emit(call, start, timings, outcome)
+        return outcome
+
+    def _emit(self, call: Call, start: float, timings: dict[str, float], outcome: Outcome) -> None:
+        t = time.perf_counter()
+        latency = _ms(start, t)
+        timings["total"] = latency
+        self._record(
+            Event(
+                trace_id=outcome.trace_id, ts=time.time(), feature=outcome.feature,
+                version=outcome.version, decision=outcome.decision,
+                confidence=outcome.confidence, latency_ms=latency, timings_ms=timings,
+                input_tokens=outcome.usage.input_tokens,
+                output_tokens=outcome.usage.output_tokens, cost_usd=outcome.cost_usd,
+                attempts=outcome.attempts, validations=outcome.validations,
+                input=call.input if self._store_payloads else None,
+                output=outcome.output if self._store_payloads else None,
+                user=call.user, key=call.key, reason=outcome.reason,
+                error_code=outcome.error_code,
+            )
+        )
+
+
+def _failed(call: Call, feature: str, exc: RequestError, timings: dict[str, float]) -> Outcome:
+    return Outcome(
+        trace_id=call.trace_id, feature=feature, version=None, output=None,
+        decision=Decision.ERROR, confidence=None, timings_ms=timings, cost_usd=0.0,
+        usage=Usage(), attempts=[], validations=[], error_code=exc.code, error=exc.message,
+    )
+
+
+def _all_failed_message(versions: tuple[str, ...], last: ProviderError | None,
+                        validations: list[ValidationResult]) -> str:
+    if last is None:
+        failed = next((v for v in validations if not v.passed), None)
+        why = f"{failed.validator}: {failed.message}" if failed else "no answer"
+    else:
+        why = last.message
+    return f"every target failed ({', '.join(versions)}); last error: {why}"
+
+
+def _ms(start: float, end: float | None = None) -> float:
+    return round(((end if end is not None else time.perf_counter()) - start) * 1000, 3)

@@ -1,0 +1,38 @@
+"""The ASGI app: the OpenAI-compatible API, the feature API and health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keel.gateway import Keel
+from keel.server import errors, features, openai_compat
+
+
+def create_app(keel: Keel) -> FastAPI:
+    """Build the app around a Keel; the app's lifespan starts and closes it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await keel.start()
+        try:
+            yield
+        finally:
+            await keel.close()
+
+    app = FastAPI(title="Keel", version="0.1.0", lifespan=lifespan,
+                  description="The system around the model.")
+    app.state.keel = keel
+    errors.install(app)
+    app.include_router(features.router)
+    app.include_router(openai_compat.router)
+
+    @app.get("/healthz", summary="Liveness and what is loaded")
+    async def healthz(request: Request) -> Response:
+        return features.json_response({"status": "ok", "features": sorted(keel.features)})
+
+    return app

@@ -1,0 +1,43 @@
+"""Process settings: where things are and how big they may get. They live on the app
+object (:class:`keel.gateway.Keel`), never in module globals. ``from_env`` reads the
+``KEEL_*`` variables; the CLI's flags override them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config: Path = Path("keel.yaml")
+    database: Path = Path("keel.db")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+    event_batch_size: int = 512
+    # store the inputs and outputs of calls in events (switch off for sensitive data)
+    store_payloads: bool = True
+    extra_provider_types: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ) if env is None else env
+        base = cls()
+        values: dict[str, Any] = {}
+        if "KEEL_CONFIG" in env:
+            values["config"] = Path(env["KEEL_CONFIG"])
+        if "KEEL_DATABASE" in env:
+            values["database"] = Path(env["KEEL_DATABASE"])
+        if "KEEL_HOST" in env:
+            values["host"] = env["KEEL_HOST"]
+        if "KEEL_PORT" in env:
+            values["port"] = int(env["KEEL_PORT"])
+        if "KEEL_MAX_BODY_BYTES" in env:
+            values["max_body_bytes"] = int(env["KEEL_MAX_BODY_BYTES"])
+        if "KEEL_STORE_PAYLOADS" in env:
+            values["store_payloads"] = env["KEEL_STORE_PAYLOADS"].lower() not in {"0", "false", "no"}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(base, **values)

@@ -1,0 +1,129 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Writes come only from the event writer's thread (one connection, batched
+transactions); reads open their own short-lived connections, which WAL lets run
+beside the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from keel.store.migrations import MIGRATIONS
+from keel.types import Decision, Event
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not applied yet; returns their names."""
+        applied: list[str] = []
+        with self._reading() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS keel_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM keel_migrations")}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                with conn:
+                    for statement in filter(str.strip, sql.split(";")):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO keel_migrations VALUES (?, ?)", (name, time.time())
+                    )
+                applied.append(name)
+        return applied
+
+    @staticmethod
+    def write_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+        """One transaction per batch. Idempotent on trace_id (at-least-once safe)."""
+        rows = [
+            (
+                e.trace_id, e.ts, e.feature, e.version, str(e.decision), e.confidence,
+                e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
+                e.error_code, _dumps(e.timings_ms), _dumps([asdict(a) for a in e.attempts]),
+                _dumps([asdict(v) for v in e.validations]), _dumps(e.input), _dumps(e.output),
+            )
+            for e in events
+        ]
+        reviews = [
+            (e.trace_id, e.ts, e.feature, e.version, e.confidence, e.reason)
+            for e in events
+            if e.decision is Decision.REVIEW
+        ]
+        with conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+            if reviews:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO reviews (trace_id, ts, feature, version, confidence, reason)"
+                    " VALUES (?,?,?,?,?,?)",
+                    reviews,
+                )
+
+    def recent_events(self, limit: int = 20, feature: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events"
+        args: list[Any] = []
+        if feature:
+            sql += " WHERE feature = ?"
+            args.append(feature)
+        sql += " ORDER BY ts DESC LIMIT ?"
+        args.append(limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        out = []
+        for row in rows:
+            item = dict(row)
+            for key in ("timings", "attempts", "validations", "input", "output"):
+                if item[key] is not None:
+                    item[key] = orjson.loads(item[key])
+            out.append(item)
+        return out
+
+    def count_events(self, feature: str | None = None) -> int:
+        with self._reading() as conn:
+            if feature:
+                row = conn.execute("SELECT COUNT(*) FROM events WHERE feature = ?", (feature,)).fetchone()
+            else:
+                row = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(row[0])
+
+    def pending_reviews(self, feature: str | None = None) -> int:
+        with self._reading() as conn:
+            sql = "SELECT COUNT(*) FROM reviews WHERE status = 'pending'"
+            row = conn.execute(sql + (" AND feature = ?" if feature else ""),
+                               (feature,) if feature else ()).fetchone()
+        return int(row[0])
+
