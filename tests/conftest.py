@@ -1,0 +1,93 @@
+"""Shared fixtures. ``ScriptedProvider`` is an in-process provider whose answers and
+failures a test scripts; it is registered under the provider type ``scripted``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.errors import ProviderError
+from keel.gateway import Keel
+from keel.providers.base import ProviderRequest
+from keel.settings import Settings
+from keel.spec import KeelSpec, ProviderSpec, parse_spec
+from keel.types import Completion, Usage
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
+
+Script = Completion | ProviderError | float  # a float: hang for that many seconds
+
+
+class ScriptedProvider:
+    """Answers from a queue of scripted results; the default answer when it is empty."""
+
+    def __init__(self, name: str, spec: ProviderSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.script: list[Script] = []
+        self.default: Completion = Completion(output={"label": "a"}, confidence=0.9,
+                                              usage=Usage(10, 2))
+        self.requests: list[ProviderRequest] = []
+        self.started = self.closed = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def prepare(self, request: ProviderRequest) -> None:
+        pass
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        self.requests.append(request)
+        item = self.script.pop(0) if self.script else self.default
+        if isinstance(item, float):
+            await asyncio.sleep(item)
+            return self.default
+        if isinstance(item, ProviderError):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def spec_with(feature: dict[str, Any], providers: dict[str, Any] | None = None) -> KeelSpec:
+    providers = providers or {"p1": {"type": "scripted"}, "p2": {"type": "scripted"}}
+    return parse_spec({"providers": providers, "features": {"f": feature}})
+
+
+def basic_feature(**overrides: Any) -> dict[str, Any]:
+    feature: dict[str, Any] = {
+        "output": {"kind": "label", "labels": ["a", "b"]},
+        "versions": {"v1": {"provider": "p1", "model": "m1", "timeout_s": 0.5},
+                     "v2": {"provider": "p2", "model": "m2", "timeout_s": 0.5}},
+        "aliases": {"champion": "v1"},
+        "fallbacks": ["v2"],
+        "retry": {"max_retries": 1, "backoff_s": 0.001, "max_backoff_s": 0.01},
+        "validators": [{"type": "allowed_labels", "on_fail": "refuse"}],
+        "policy": {"accept_at": 0.5, "refuse_below": 0.1},
+        "safe_default": {"label": "unknown"},
+    }
+    feature.update(overrides)
+    return feature
+
+
+def settings_in(tmp_path: Path) -> Settings:
+    return Settings(database=tmp_path / "keel.db",
+                    extra_provider_types={"scripted": "tests.conftest:ScriptedProvider"})
+
+
+@pytest.fixture
+async def scripted_keel(tmp_path: Path) -> AsyncIterator[Keel]:
+    keel = Keel(spec_with(basic_feature()), settings_in(tmp_path))
+    async with keel:
+        yield keel
+
+
+def scripted(keel: Keel, name: str) -> ScriptedProvider:
+    provider = keel.providers[name]
+    assert isinstance(provider, ScriptedProvider)
+    return provider

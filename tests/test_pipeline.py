@@ -1,0 +1,101 @@
+"""The pipeline end to end in-process, with scripted providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keel.errors import EmptyText, FeatureNotFound, ProviderBadResponse, ProviderUnavailable
+from keel.gateway import Keel
+from keel.types import Completion, Decision, Usage
+from tests.conftest import basic_feature, scripted, settings_in, spec_with
+
+
+async def test_accepted_call_has_every_field(scripted_keel: Keel) -> None:
+    outcome = await scripted_keel.call("f", {"text": "hello"}, user="u1")
+    assert outcome.decision is Decision.ACCEPTED
+    assert outcome.output == {"label": "a"} and outcome.version == "v1"
+    assert outcome.confidence == 0.9 and len(outcome.trace_id) == 32
+    assert set(outcome.timings_ms) >= {"checks", "route", "invoke", "validate", "decide", "total"}
+    assert outcome.cost_usd is None  # no price declared: unknown, not zero
+    assert outcome.usage.input_tokens == 10
+
+
+async def test_failing_champion_falls_back_and_lists_every_attempt(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [ProviderUnavailable("p1: 500"), ProviderUnavailable("p1: 500")]
+    outcome = await scripted_keel.call("f", {"text": "hello"})
+    assert outcome.decision is Decision.FALLBACK and outcome.version == "v2"
+    assert [(a.version, a.ok) for a in outcome.attempts] == [("v1", False), ("v1", False), ("v2", True)]
+
+
+async def test_every_target_failing_is_an_error_outcome(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [ProviderBadResponse("p1: not JSON")]
+    scripted(scripted_keel, "p2").script = [ProviderBadResponse("p2: not JSON")]
+    outcome = await scripted_keel.call("f", {"text": "hello"})
+    assert outcome.decision is Decision.ERROR and outcome.error_code == "all_targets_failed"
+    assert "p2: not JSON" in (outcome.error or "")
+    assert len(outcome.attempts) == 2
+
+
+async def test_validator_fallback_sends_the_call_to_the_next_target(tmp_path: Path) -> None:
+    feature = basic_feature(validators=[{"type": "allowed_labels", "on_fail": "fallback"}])
+    async with Keel(spec_with(feature), settings_in(tmp_path)) as keel:
+        scripted(keel, "p1").script = [Completion(output={"label": "zzz"}, confidence=0.9)]
+        outcome = await keel.call("f", {"text": "hello"})
+        assert outcome.decision is Decision.FALLBACK and outcome.version == "v2"
+        assert outcome.attempts[0].rejected_by == "validator:allowed_labels"
+
+
+async def test_invalid_label_is_refused_with_safe_default(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [Completion(output={"label": "zzz"}, confidence=0.99)]
+    outcome = await scripted_keel.call("f", {"text": "hello"})
+    assert outcome.decision is Decision.REFUSED and outcome.output == {"label": "unknown"}
+
+
+async def test_low_confidence_goes_to_review_and_is_stored(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [Completion(output={"label": "b"}, confidence=0.3)]
+    outcome = await scripted_keel.call("f", {"text": "hello"})
+    assert outcome.decision is Decision.REVIEW and not outcome.reviewed
+    assert outcome.output == {"label": "b"}
+    assert scripted_keel.writer.flush()
+    assert scripted_keel.store.pending_reviews("f") == 1
+
+
+async def test_cost_from_declared_price(tmp_path: Path) -> None:
+    feature = basic_feature()
+    feature["versions"]["v1"]["price"] = {"input": 1.0, "output": 2.0}
+    async with Keel(spec_with(feature), settings_in(tmp_path)) as keel:
+        scripted(keel, "p1").default = Completion(output={"label": "a"}, confidence=0.9,
+                                                  usage=Usage(1000, 500))
+        outcome = await keel.call("f", {"text": "x"})
+        assert outcome.cost_usd == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+
+
+async def test_bad_input_is_refused_and_recorded(scripted_keel: Keel) -> None:
+    with pytest.raises(EmptyText):
+        await scripted_keel.call("f", {"text": ""})
+    with pytest.raises(FeatureNotFound, match="features: f"):
+        await scripted_keel.call("nope", {"text": "x"})
+    assert scripted_keel.writer.flush()
+    (event,) = scripted_keel.store.recent_events()
+    assert event["decision"] == "error" and event["error_code"] == "empty_text"
+    assert not scripted(scripted_keel, "p1").requests
+
+
+async def test_events_are_recorded_with_attempts(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [ProviderUnavailable("p1: 503")]
+    outcome = await scripted_keel.call("f", {"text": "hello"}, user="u7")
+    assert scripted_keel.writer.flush()
+    (event,) = scripted_keel.store.recent_events()
+    assert event["trace_id"] == outcome.trace_id and event["user_id"] == "u7"
+    assert [a["ok"] for a in event["attempts"]] == [False, True]
+    assert event["input"] == {"text": "hello"} and event["output"] == {"label": "a"}
+    assert event["timings"]["total"] > 0
+
+
+async def test_providers_are_started_and_closed(tmp_path: Path) -> None:
+    keel = Keel(spec_with(basic_feature()), settings_in(tmp_path))
+    async with keel:
+        assert scripted(keel, "p1").started
+    assert scripted(keel, "p1").closed
