@@ -16,8 +16,8 @@ import anyio.from_thread
 from keel.feature import Feature
 from keel.pipeline import Pipeline
 from keel.providers import Provider, build_provider
-from keel.spec import KeelSpec, ProviderSpec, load_spec
 from keel.settings import Settings
+from keel.spec import KeelSpec, ProviderSpec, load_spec
 from keel.stages.record import EventWriter
 from keel.store import SQLiteStore
 from keel.types import JSON, Call, Outcome

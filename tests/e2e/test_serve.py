@@ -124,7 +124,7 @@ def test_failing_primary_falls_back_and_the_event_lists_every_attempt(
     assert [(a["version"], a["ok"], a["error_code"]) for a in body["attempts"]] == expected
     (event,) = events(server, body["trace_id"])
     assert event["decision"] == "fallback"
-    assert '"error_code":"%s"' % code in event["attempts"]
+    assert f'"error_code":"{code}"' in event["attempts"]
     assert backup.requests == 1
 
 

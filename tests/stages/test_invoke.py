@@ -4,7 +4,13 @@ import random
 
 import pytest
 
-from keel.errors import ProviderBadResponse, ProviderRateLimited, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from keel.errors import (
+    ProviderBadResponse,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from keel.providers.base import ProviderRequest
 from keel.spec import ProviderSpec, RetrySpec
 from keel.stages.invoke import backoff_delay, invoke_target
@@ -45,7 +51,7 @@ async def test_non_retryable_errors_are_not_retried(error: Exception) -> None:
 async def test_a_hanging_target_times_out() -> None:
     p = provider(5.0, 5.0, 5.0)
     attempts: list[Attempt] = []
-    with pytest.raises(ProviderTimeout, match="no answer within 0.05 s"):
+    with pytest.raises(ProviderTimeout, match=r"no answer within 0\.05 s"):
         await invoke_target(p, request(timeout=0.05), RETRY, attempts, random.Random(0))
     assert [a.error_code for a in attempts] == ["provider_timeout"] * 3
 

@@ -29,7 +29,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def settings_for(config: Path | None, database: Path | None, **overrides: object) -> Settings:
-    return Settings.from_env(config=config, database=database, **overrides)
+    return Settings.from_env(None, config=config, database=database, **overrides)
 
 
 def load(settings: Settings) -> KeelSpec:

@@ -61,7 +61,7 @@ class _Template(string.Formatter):
 
     def format_field(self, value: Any, format_spec: str) -> str:
         if isinstance(value, str):
-            return super().format_field(value, format_spec)
+            return str(super().format_field(value, format_spec))
         return orjson.dumps(value).decode()
 
 

@@ -5,6 +5,7 @@ traces, ever; unexpected exceptions are logged and answered with a 500 ``interna
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,7 +19,7 @@ log = logging.getLogger("keel.server")
 
 
 def error_response(code: str, message: str, status: int, type: str = "invalid_request_error",
-                   param: str | None = None, headers: dict[str, str] | None = None) -> Response:
+                   param: str | None = None, headers: Mapping[str, str] | None = None) -> Response:
     body = {"error": {"code": code, "message": message, "type": type, "param": param}}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json",
                     headers=headers)

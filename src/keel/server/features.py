@@ -12,7 +12,13 @@ from keel.errors import AllTargetsFailed, InvalidRequest
 from keel.gateway import Keel
 from keel.server.body import read_json_object
 from keel.server.errors import error_response
-from keel.server.schema import ErrorBody, FeatureRequest, FeatureResponse, keel_headers, outcome_body
+from keel.server.schema import (
+    ErrorBody,
+    FeatureRequest,
+    FeatureResponse,
+    keel_headers,
+    outcome_body,
+)
 from keel.types import Decision, Outcome
 
 router = APIRouter()

@@ -24,7 +24,7 @@ class LengthValidator:
         if n < self._min:
             return ValidationResult(self.name, False, self.on_fail, f"{n} characters; at least {self._min} needed")
         if self._max is not None and n > self._max:
-            repaired = None
+            repaired: JSON = None
             if self.on_fail is OnFail.REPAIR:
                 cut = text[: self._max]
                 if isinstance(output, str):
