@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio.from_thread
 
+from keel.errors import ConfigError, KeelError
 from keel.feature import Feature
 from keel.pipeline import Pipeline
 from keel.providers import Provider, build_provider
@@ -59,11 +60,21 @@ class Keel:
             return
         self.store.migrate()
         self.writer.start()
-        for provider in self.providers.values():
-            await provider.start()
-        for feature in self.features.values():
-            for target in feature.targets.values():
-                await target.provider.prepare(target.template)
+        try:
+            for name, provider in self.providers.items():
+                try:
+                    await provider.start()
+                except KeelError as exc:
+                    raise ConfigError(f"providers.{name}: {exc.message}") from None
+            for fname, feature in self.features.items():
+                for vname, target in feature.targets.items():
+                    try:
+                        await target.provider.prepare(target.template)
+                    except KeelError as exc:
+                        raise ConfigError(f"features.{fname}.versions.{vname}: {exc.message}") from None
+        except BaseException:
+            await self.close()
+            raise
         self._started = True
 
     async def close(self) -> None:

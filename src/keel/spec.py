@@ -68,6 +68,9 @@ class OutputSpec(_Strict):
     labels: list[str] | None = None
     labels_file: Path | None = Field(default=None, description="a JSON list of label names")
     label_descriptions: dict[str, str] = Field(default_factory=dict)
+    label_descriptions_file: Path | None = Field(
+        default=None, description="a YAML or JSON mapping label -> one-line description"
+    )
 
 
 class _ValidatorBase(_Strict):
@@ -286,6 +289,16 @@ def _resolve_labels(spec: KeelSpec, base: Path, file: str) -> KeelSpec:
             if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
                 raise ConfigError(f"{where}: {path} must hold a non-empty JSON list of strings")
             out = out.model_copy(update={"labels": labels, "labels_file": path})
+        if out.label_descriptions_file is not None:
+            out = out.model_copy(update={"label_descriptions": {
+                **_read_descriptions(out.label_descriptions_file, base, f"{file}: features.{fname}.output.label_descriptions_file"),
+                **out.label_descriptions}})
+        unknown = set(out.label_descriptions) - set(out.labels or [])
+        if out.labels and unknown:
+            raise ConfigError(
+                f"{file}: features.{fname}.output.label_descriptions: not labels of this "
+                f"feature: {', '.join(sorted(unknown)[:5])}"
+            )
         if out.kind == "label" and not out.labels:
             raise ConfigError(
                 f"{file}: features.{fname}.output: a 'label' feature needs labels or labels_file"
@@ -307,8 +320,29 @@ def _resolve_labels(spec: KeelSpec, base: Path, file: str) -> KeelSpec:
                     f"{', '.join(sorted(missing))} are not input properties "
                     f"(known: {', '.join(sorted(allowed))})"
                 )
-        features[fname] = feature.model_copy(update={"output": out})
+        versions = {}
+        for vname, version in feature.versions.items():
+            head = version.params.get("head")
+            if isinstance(head, str) and not Path(head).is_absolute():
+                version = version.model_copy(update={"params": {**version.params, "head": str(base / head)}})
+            versions[vname] = version
+        features[fname] = feature.model_copy(update={"output": out, "versions": versions})
     return spec.model_copy(update={"features": features})
+
+
+def _read_descriptions(path: Path, base: Path, where: str) -> dict[str, str]:
+    path = path if path.is_absolute() else base / path
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: {path} is not YAML or JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigError(f"{where}: {path} must map each label to a one-line description")
+    return data
 
 
 def parse_spec(data: Any, *, file: str = "keel.yaml", base: Path | None = None,

@@ -25,17 +25,18 @@ def events(
     rows = store.recent_events(limit=limit, feature=feature)
     table = Table(title=f"{len(rows)} most recent of {store.count_events(feature)} events",
                   title_justify="left")
-    for column in ("time", "feature", "version", "decision", "conf", "ms", "cost $", "attempts", "trace id"):
-        table.add_column(column, overflow="fold")
+    for column in ("time", "feature", "version", "decision", "conf", "ms", "cost $", "tries", "trace"):
+        table.add_column(column, no_wrap=column in {"time", "decision", "trace"},
+                         overflow="fold")
     for row in rows:
-        when = dt.datetime.fromtimestamp(row["ts"]).strftime("%H:%M:%S.%f")[:-3]
+        when = dt.datetime.fromtimestamp(row["ts"]).strftime("%H:%M:%S")
         tries = row["attempts"]
         table.add_row(
             when, row["feature"], row["version"] or "-",
             row["decision"] + (f" ({row['error_code']})" if row["error_code"] else ""),
             "-" if row["confidence"] is None else f"{row['confidence']:.2f}",
             f"{row['latency_ms']:.1f}",
-            "unknown" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
-            f"{sum(a['ok'] for a in tries)}/{len(tries)}", row["trace_id"],
+            "unknown" if row["cost_usd"] is None else f"{row['cost_usd']:.6g}",
+            f"{sum(a['ok'] for a in tries)}/{len(tries)}", row["trace_id"][:12],
         )
     console.print(table)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
 import uvicorn
+import uvloop
 
 from keel.cli.common import ConfigOpt, DatabaseOpt, console, fail, load, settings_for
 from keel.errors import KeelError
@@ -28,10 +30,23 @@ def serve(
     except KeelError as exc:
         fail(exc.message)
     app = create_app(keel)
-    console.print(
-        f"[bold]keel[/] serving {len(spec.features)} feature(s) "
-        f"({', '.join(spec.features)}) on http://{settings.host}:{settings.port} "
-        f"— events in {settings.database}", highlight=False,
-    )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=30, loop="none", http="httptools"))
+
+    async def run() -> None:
+        # start here, before the socket opens, so a model or head that cannot load is a
+        # clear error and exit 2; the app's lifespan closes Keel (draining the events)
+        try:
+            await keel.start()
+        except KeelError as exc:
+            fail(exc.message)
+        console.print(
+            f"[bold]keel[/] serving {len(spec.features)} feature(s) "
+            f"({', '.join(spec.features)}) on http://{settings.host}:{settings.port} "
+            f"— events in {settings.database}", highlight=False,
+        )
+        await server.serve()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())

@@ -1,0 +1,81 @@
+"""The bare pass-through of the overhead benchmark: the floor any Python gateway pays.
+
+A pure ASGI app (no framework) that forwards every request body to one upstream with
+one shared ``httpx.AsyncClient`` and returns the upstream's status and bytes. It runs
+under uvicorn exactly as ``keel serve`` does (uvicorn.run defaults: uvloop and httptools
+when installed, access log off, log level warning), so the difference between this
+and Keel is Keel's own work::
+
+    python bench/passthrough.py --port 9201 --upstream http://127.0.0.1:9100/v1/chat/completions
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import httpx
+import uvicorn
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class PassThrough:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        assert scope["type"] == "http"
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        assert self.client is not None
+        response = await self.client.post(self.upstream, content=b"".join(chunks))
+        body = response.content
+        await send({
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # the same pool shape as Keel's openai provider (max_connections: 256)
+                self.client = httpx.AsyncClient(
+                    headers={"content-type": "application/json", "accept": "application/json"},
+                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+                    timeout=30.0,
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.client is not None:
+                    await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="URL every request is POSTed to")
+    args = parser.parse_args()
+    # the same options as keel.cli.serve
+    uvicorn.run(PassThrough(args.upstream), host=args.host, port=args.port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()
