@@ -91,3 +91,25 @@ def test_call_errors(config: Path, tmp_path: Path, args: list[str], message: str
 def test_events_without_a_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["events", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2 and "no event store" in result.output
+
+
+BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77"
+
+
+def test_eval_reports_accuracy_on_a_labelled_csv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "width", 200)
+    repo = Path(__file__).resolve().parents[2]
+    result = runner.invoke(app, ["eval", "intent", "--csv", str(BANKING77 / "test.csv"),
+                                 "--limit", "40", "--config", str(repo / "keel.yaml")])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if "accuracy (all answers)" in x)
+    accuracy = float(line.split()[-2])
+    assert 0.4 < accuracy <= 1.0  # zero-shot on 77 intents: far above chance (1.3%)
+    assert "examples" in result.output and "40" in result.output
+
+
+def test_eval_names_a_missing_column(tmp_path: Path, config: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("message,intent\nhello,other\n")
+    result = runner.invoke(app, ["eval", "triage", "--csv", str(data), "--config", str(config)])
+    assert result.exit_code == 2 and "no column(s) category, text" in result.output
