@@ -211,3 +211,19 @@ def test_sigterm_mid_load_keeps_the_event_of_every_answered_call(
     conn = sqlite3.connect(tmp_path / "keel.db")
     stored = {row[0] for row in conn.execute("SELECT trace_id FROM events")}
     assert set(answered) <= stored
+
+
+def test_the_embedded_default_serves_intent_offline(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    with KeelProcess(repo / "keel.yaml", tmp_path / "keel.db") as proc:
+        r = httpx.post(f"{proc.base_url}/v1/features/intent",
+                       json={"input": {"text": "my card still has not arrived"}})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["output"] == {"label": "card_arrival"}
+        assert body["version"] == "zero-shot-1" and body["cost_usd"] == 0.0
+        assert 0 < body["confidence"] <= 1 and body["decision"] in {"accepted", "review"}
+        client = openai.OpenAI(base_url=f"{proc.base_url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model="intent", messages=[{"role": "user", "content": "I want a refund for this purchase"}])
+        assert reply.choices[0].message.content == "request_refund"
