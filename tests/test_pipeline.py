@@ -99,3 +99,20 @@ async def test_providers_are_started_and_closed(tmp_path: Path) -> None:
     async with keel:
         assert scripted(keel, "p1").started
     assert scripted(keel, "p1").closed
+
+
+async def test_an_open_circuit_skips_the_target(tmp_path: Path) -> None:
+    spec = spec_with(basic_feature(retry={"max_retries": 0}), providers={
+        "p1": {"type": "scripted", "circuit": {"failure_threshold": 2, "reset_after_s": 60}},
+        "p2": {"type": "scripted"}})
+    async with Keel(spec, settings_in(tmp_path)) as keel:
+        p1 = scripted(keel, "p1")
+        p1.script = [ProviderUnavailable("p1: 503")] * 2
+        for _ in range(2):
+            assert (await keel.call("f", {"text": "x"})).decision is Decision.FALLBACK
+        outcome = await keel.call("f", {"text": "x"})
+        assert outcome.decision is Decision.FALLBACK
+        assert outcome.attempts[0].error_code == "circuit_open"
+        assert len(p1.requests) == 2  # the third call never reached p1
+        (state,) = [c for c in keel.circuits.snapshot() if c["provider"] == "p1"]
+        assert state["state"] == "open" and state["retry_in_s"] > 0

@@ -145,6 +145,11 @@ class ProviderRejected(ProviderError):
     code = "provider_rejected"
 
 
+class CircuitOpen(ProviderError):
+    code = "circuit_open"
+    status = 503
+
+
 class AllTargetsFailed(KeelError):
     code = "all_targets_failed"
     status = 502

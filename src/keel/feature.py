@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from keel.providers.base import Provider, ProviderRequest
 from keel.spec import FeatureSpec, KeelSpec, ProviderSpec
 from keel.stages.checks import Check, build_checks
+from keel.stages.circuit import CircuitBreaker, Circuits, CircuitSettings
 from keel.stages.route import Router
 from keel.stages.validate import Validator, build_validators
 from keel.types import JSON
@@ -24,11 +25,12 @@ class Target:
     provider: Provider
     provider_type: str
     template: ProviderRequest
+    breaker: CircuitBreaker
 
 
 class Feature:
     def __init__(self, name: str, spec: FeatureSpec, root: KeelSpec,
-                 providers: Mapping[str, Provider]) -> None:
+                 providers: Mapping[str, Provider], circuits: Circuits) -> None:
         self.name = name
         self.spec = spec
         self.checks: list[Check] = build_checks(spec)
@@ -53,7 +55,10 @@ class Feature:
                 label_descriptions=spec.output.label_descriptions or None,
                 params=params,
             )
-            self.targets[vname] = Target(vname, providers[version.provider], pspec.type, template)
+            breaker = circuits.get(version.provider, version.model, CircuitSettings(
+                pspec.circuit.failure_threshold, pspec.circuit.reset_after_s))
+            self.targets[vname] = Target(vname, providers[version.provider], pspec.type, template,
+                                         breaker)
 
     def request(self, version: str, input: dict[str, JSON]) -> ProviderRequest:
         return dataclasses.replace(self.targets[version].template, input=input)

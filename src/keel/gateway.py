@@ -17,9 +17,11 @@ import anyio.from_thread
 from keel.errors import ConfigError, KeelError
 from keel.feature import Feature
 from keel.pipeline import Pipeline
+from keel.pricing import Pricing
 from keel.providers import Provider, build_provider
 from keel.settings import Settings
 from keel.spec import KeelSpec, ProviderSpec, load_spec
+from keel.stages.circuit import Circuits
 from keel.stages.record import EventWriter
 from keel.store import SQLiteStore
 from keel.types import JSON, Call, Outcome
@@ -49,11 +51,15 @@ class Keel:
             for name, pspec in provider_specs.items()
             if name in used
         }
+        self.circuits = Circuits()
         self.features = {
-            name: Feature(name, fspec, spec, self.providers) for name, fspec in spec.features.items()
+            name: Feature(name, fspec, spec, self.providers, self.circuits)
+            for name, fspec in spec.features.items()
         }
+        self.pricing = Pricing(spec.pricing)
         self.pipeline = Pipeline(
-            self.features, self.writer.submit, store_payloads=self.settings.store_payloads
+            self.features, self.writer.submit, self.pricing,
+            store_payloads=self.settings.store_payloads,
         )
         self._trace_ids = TraceIds()
         self._started = False

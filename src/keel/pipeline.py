@@ -13,9 +13,9 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-from keel.cost import cost_usd
 from keel.errors import AllTargetsFailed, FeatureNotFound, ProviderError, RequestError
 from keel.feature import Feature
+from keel.pricing import Pricing
 from keel.stages.checks import run_checks
 from keel.stages.decide import decide
 from keel.stages.invoke import invoke_target
@@ -37,12 +37,14 @@ class Pipeline:
         self,
         features: Mapping[str, Feature],
         record: Callable[[Event], None],
+        pricing: Pricing,
         *,
         store_payloads: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.features = features
         self._record = record
+        self._pricing = pricing
         self._store_payloads = store_payloads
         self._rng = rng or random.Random()
 
@@ -88,7 +90,7 @@ class Pipeline:
             try:
                 completion = await invoke_target(
                     target.provider, feature.request(version, call.input),
-                    feature.spec.retry, attempts, self._rng,
+                    feature.spec.retry, attempts, self._rng, target.breaker,
                 )
             except ProviderError as exc:
                 invoke_ms += _ms(t_inv)
@@ -96,9 +98,9 @@ class Pipeline:
                 continue
             t_val = clock()
             invoke_ms += _ms(t_inv, t_val)
-            usage.input_tokens += completion.usage.input_tokens
-            usage.output_tokens += completion.usage.output_tokens
-            attempt_cost = cost_usd(target.provider_type, feature.spec.versions[version], completion.usage)
+            usage.add(completion.usage)
+            attempt_cost = self._pricing.cost_usd(
+                target.provider_type, feature.spec.versions[version], completion.usage)
             cost = None if cost is None or attempt_cost is None else cost + attempt_cost
             validations, output = run_validators(feature.validators, completion.output)
             validate_ms += _ms(t_val)

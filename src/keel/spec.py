@@ -28,6 +28,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CircuitSpec(_Strict):
+    """When to stop sending calls to a failing target, and when to try it again."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    reset_after_s: float = Field(default=30.0, gt=0)
+
+
 class ProviderSpec(_Strict):
     """A named connection to a model server (``providers:`` in keel.yaml)."""
 
@@ -39,6 +46,7 @@ class ProviderSpec(_Strict):
     max_connections: int = Field(default=256, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    circuit: CircuitSpec = Field(default_factory=CircuitSpec)
 
 
 DEFAULT_INPUT_SCHEMA: dict[str, JSON] = {
@@ -155,10 +163,12 @@ class RetrySpec(_Strict):
 
 
 class PriceSpec(_Strict):
-    """USD per million tokens."""
+    """USD per million tokens. Cached and cache-write prices default to ``input``."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
 
 
 class VersionSpec(_Strict):
@@ -205,6 +215,9 @@ class FeatureSpec(_Strict):
 
 class KeelSpec(_Strict):
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    pricing: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="model id -> price; overrides the packaged table"
+    )
     features: dict[str, FeatureSpec]
 
     @model_validator(mode="after")

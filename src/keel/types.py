@@ -50,10 +50,22 @@ class Call:
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens a provider reports for one attempt."""
+    """Tokens a provider reports for one attempt. ``cached_input_tokens`` and
+    ``cache_write_tokens`` are parts of ``input_tokens``; ``reasoning_tokens`` is part
+    of ``output_tokens``."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_input_tokens += other.cached_input_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
 
 
 @dataclass(slots=True)

@@ -123,3 +123,9 @@ async def test_models_and_features_listing(client: httpx.AsyncClient) -> None:
 async def test_openapi_document_lists_the_api(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"/v1/features/{name}", "/v1/chat/completions", "/v1/models"} <= set(paths)
+
+
+async def test_circuit_state_is_visible(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/features/f", json={"input": {"text": "hi"}})
+    circuits = (await client.get("/api/circuits")).json()["circuits"]
+    assert {(c["provider"], c["model"], c["state"]) for c in circuits} >= {("p1", "m1", "closed")}

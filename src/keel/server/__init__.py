@@ -35,4 +35,8 @@ def create_app(keel: Keel) -> FastAPI:
     async def healthz(request: Request) -> Response:
         return features.json_response({"status": "ok", "features": sorted(keel.features)})
 
+    @app.get("/api/circuits", summary="Circuit breaker state per target (provider, model)")
+    async def circuits(request: Request) -> Response:
+        return features.json_response({"circuits": keel.circuits.snapshot()})
+
     return app

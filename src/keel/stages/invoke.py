@@ -10,9 +10,16 @@ import asyncio
 import random
 import time
 
-from keel.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from keel.errors import (
+    CircuitOpen,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderTimeout,
+)
 from keel.providers.base import Provider, ProviderRequest
 from keel.spec import RetrySpec
+from keel.stages.circuit import CircuitBreaker
 from keel.types import Attempt, Completion
 
 
@@ -31,22 +38,38 @@ async def invoke_target(
     retry: RetrySpec,
     attempts: list[Attempt],
     rng: random.Random,
+    breaker: CircuitBreaker | None = None,
 ) -> Completion:
-    """One target with its retries. Raises the last ProviderError when all fail."""
+    """One target with its retries. Raises the last ProviderError when all fail.
+
+    An open circuit skips the target at once; failures other than the caller's own
+    (a 4xx rejection) count against the circuit."""
     for n in range(retry.max_retries + 1):
+        if breaker is not None and not breaker.allow():
+            retry_in = breaker.retry_in_s()
+            error: ProviderError = CircuitOpen(
+                f"{provider.name}: circuit open after {breaker.consecutive_failures} "
+                f"consecutive failures" + (f"; next probe in {retry_in:.1f} s" if retry_in else ""))
+            attempts.append(Attempt(request.version, provider.name, False, 0.0, retry=n,
+                                    error_code=error.code, error=error.message))
+            raise error
         start = time.perf_counter()
         try:
             async with asyncio.timeout(request.timeout_s):
                 completion = await provider.complete(request)
         except TimeoutError:
-            error: ProviderError = ProviderTimeout(
+            error = ProviderTimeout(
                 f"{provider.name}: no answer within {request.timeout_s:g} s"
             )
         except ProviderError as exc:
             error = exc
         else:
+            if breaker is not None:
+                breaker.record_success()
             attempts.append(Attempt(request.version, provider.name, True, _ms(start), retry=n))
             return completion
+        if breaker is not None and not isinstance(error, ProviderRejected):
+            breaker.record_failure()
         attempts.append(
             Attempt(request.version, provider.name, False, _ms(start), retry=n,
                     error_code=error.code, error=error.message)
