@@ -1,0 +1,3 @@
+from keel.testing.fake_openai import main
+
+main()
