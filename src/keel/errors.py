@@ -145,6 +145,12 @@ class ProviderRejected(ProviderError):
     code = "provider_rejected"
 
 
+class ProviderStreamInterrupted(ProviderError):
+    """The stream broke after content reached the caller: nothing can be retried."""
+
+    code = "provider_stream_interrupted"
+
+
 class CircuitOpen(ProviderError):
     code = "circuit_open"
     status = 503

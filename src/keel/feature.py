@@ -60,5 +60,12 @@ class Feature:
             self.targets[vname] = Target(vname, providers[version.provider], pspec.type, template,
                                          breaker)
 
-    def request(self, version: str, input: dict[str, JSON]) -> ProviderRequest:
-        return dataclasses.replace(self.targets[version].template, input=input)
+    def request(self, version: str, input: dict[str, JSON],
+                options: dict[str, JSON] | None = None) -> ProviderRequest:
+        template = self.targets[version].template
+        if template.output_kind == "chat":
+            return dataclasses.replace(template, input=input, messages=input.get("messages"),
+                                       options=options or {})
+        if options:
+            return dataclasses.replace(template, input=input, options=options)
+        return dataclasses.replace(template, input=input)

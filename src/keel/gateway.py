@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +24,8 @@ from keel.spec import KeelSpec, ProviderSpec, load_spec
 from keel.stages.circuit import Circuits
 from keel.stages.record import EventWriter
 from keel.store import SQLiteStore
-from keel.types import JSON, Call, Outcome
+from keel.streaming import StreamStart
+from keel.types import JSON, Call, Delta, Outcome
 
 
 class TraceIds:
@@ -99,6 +100,9 @@ class Keel:
         self.writer.close()
         self._started = False
 
+    def new_trace_id(self) -> str:
+        return self._trace_ids.new()
+
     async def __aenter__(self) -> Keel:
         await self.start()
         return self
@@ -115,9 +119,27 @@ class Keel:
         key: str | None = None,
         trace_id: str | None = None,
         body_bytes: int = 0,
+        options: dict[str, JSON] | None = None,
     ) -> Outcome:
-        call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes)
+        call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
+                    options or {})
         return await self.pipeline.run(call)
+
+    def stream(
+        self,
+        feature: str,
+        input: dict[str, JSON],
+        *,
+        user: str | None = None,
+        key: str | None = None,
+        trace_id: str | None = None,
+        body_bytes: int = 0,
+        options: dict[str, JSON] | None = None,
+    ) -> AsyncIterator[StreamStart | Delta | Outcome]:
+        """Deltas as they arrive, then the Outcome (see :mod:`keel.streaming`)."""
+        call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
+                    options or {})
+        return self.pipeline.stream(call)
 
 
 class SyncKeel:

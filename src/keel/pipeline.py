@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
-from keel.errors import AllTargetsFailed, FeatureNotFound, ProviderError, RequestError
+from keel.errors import (
+    AllTargetsFailed,
+    FeatureNotFound,
+    ProviderError,
+    ProviderRateLimited,
+    RequestError,
+)
 from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.stages.checks import run_checks
 from keel.stages.decide import decide
 from keel.stages.invoke import invoke_target
 from keel.stages.validate import run_validators
+from keel.streaming import StreamStart, stream_call
 from keel.types import (
     Attempt,
     Call,
     Decision,
+    Delta,
     Event,
     OnFail,
     Outcome,
@@ -44,9 +52,9 @@ class Pipeline:
     ) -> None:
         self.features = features
         self._record = record
-        self._pricing = pricing
+        self.pricing = pricing
         self._store_payloads = store_payloads
-        self._rng = rng or random.Random()
+        self.rng = rng or random.Random()
 
     def feature(self, name: str) -> Feature:
         try:
@@ -54,6 +62,10 @@ class Pipeline:
         except KeyError:
             known = ", ".join(sorted(self.features)) or "none"
             raise FeatureNotFound(f"no feature named '{name}' (features: {known})") from None
+
+    def stream(self, call: Call) -> AsyncIterator[StreamStart | Delta | Outcome]:
+        """Serve one call as a stream: see :mod:`keel.streaming`."""
+        return stream_call(self, call)
 
     async def run(self, call: Call) -> Outcome:
         """Serve one call. Bad input raises a RequestError (and is recorded); every other
@@ -67,7 +79,7 @@ class Pipeline:
             run_checks(feature.checks, call)
         except RequestError as exc:
             timings["checks"] = _ms(start)
-            self._emit(call, start, timings, _failed(call, feature.name, exc, timings))
+            self.emit(call, start, timings, _failed(call, feature.name, exc, timings))
             raise
         t = clock()
         timings["checks"] = _ms(start, t)
@@ -89,8 +101,8 @@ class Pipeline:
             t_inv = clock()
             try:
                 completion = await invoke_target(
-                    target.provider, feature.request(version, call.input),
-                    feature.spec.retry, attempts, self._rng, target.breaker,
+                    target.provider, feature.request(version, call.input, call.options),
+                    feature.spec.retry, attempts, self.rng, target.breaker,
                 )
             except ProviderError as exc:
                 invoke_ms += _ms(t_inv)
@@ -99,7 +111,7 @@ class Pipeline:
             t_val = clock()
             invoke_ms += _ms(t_inv, t_val)
             usage.add(completion.usage)
-            attempt_cost = self._pricing.cost_usd(
+            attempt_cost = self.pricing.cost_usd(
                 target.provider_type, feature.spec.versions[version], completion.usage)
             cost = None if cost is None or attempt_cost is None else cost + attempt_cost
             validations, output = run_validators(feature.validators, completion.output)
@@ -122,12 +134,14 @@ class Pipeline:
             *head, validations = rejected
             answer = (head[0], head[1], head[2], head[3])
         if answer is None:
+            limited = isinstance(last_error, ProviderRateLimited)
             outcome = Outcome(
                 trace_id=call.trace_id, feature=feature.name, version=None, output=None,
                 decision=Decision.ERROR, confidence=None, timings_ms=timings, cost_usd=cost,
                 usage=usage, attempts=attempts, validations=validations,
-                error_code=AllTargetsFailed.code,
+                error_code="upstream_rate_limited" if limited else AllTargetsFailed.code,
                 error=_all_failed_message(route.versions, last_error, validations),
+                retry_after=last_error.retry_after if isinstance(last_error, ProviderRateLimited) else None,
             )
         else:
             index, version, completion, output = answer
@@ -141,14 +155,20 @@ class Pipeline:
                 confidence=completion.confidence, timings_ms=timings, cost_usd=cost,
                 usage=usage, attempts=attempts, validations=validations,
                 reviewed=False, reason=verdict.reason,
+                finish_reason="content_filter" if verdict.decision is Decision.REFUSED
+                else completion.finish_reason,
             )
         timings["decide"] = _ms(t_dec)
-        self._emit(call, start, timings, outcome)
+        self.emit(call, start, timings, outcome)
         return outcome
 
-    def _emit(self, call: Call, start: float, timings: dict[str, float], outcome: Outcome) -> None:
+    def emit(self, call: Call, start: float, timings: dict[str, float], outcome: Outcome) -> None:
         t = time.perf_counter()
         latency = _ms(start, t)
+        feature = self.features.get(outcome.feature)
+        # vectors are large and say nothing a person reads: keep them out of events
+        keep_output = self._store_payloads and (
+            feature is None or feature.spec.output.kind != "embedding")
         timings["total"] = latency
         self._record(
             Event(
@@ -159,7 +179,7 @@ class Pipeline:
                 output_tokens=outcome.usage.output_tokens, cost_usd=outcome.cost_usd,
                 attempts=outcome.attempts, validations=outcome.validations,
                 input=call.input if self._store_payloads else None,
-                output=outcome.output if self._store_payloads else None,
+                output=outcome.output if keep_output else None,
                 user=call.user, key=call.key, reason=outcome.reason,
                 error_code=outcome.error_code,
             )

@@ -56,6 +56,20 @@ DEFAULT_INPUT_SCHEMA: dict[str, JSON] = {
 }
 
 
+# chat features take the caller's conversation; embedding features a batch of texts
+CHAT_INPUT_SCHEMA: dict[str, JSON] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {"messages": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+}
+EMBEDDING_INPUT_SCHEMA: dict[str, JSON] = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {"input": {"type": "array", "minItems": 1, "maxItems": 2048,
+                             "items": {"type": "string"}}},
+}
+
+
 class InputSpec(_Strict):
     json_schema: dict[str, JSON] = Field(default=DEFAULT_INPUT_SCHEMA, alias="schema")
     text_field: str | None = Field(default="text", description="field the text checks apply to")
@@ -192,6 +206,20 @@ class FeatureSpec(_Strict):
     policy: PolicySpec = Field(default_factory=PolicySpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     safe_default: JSON = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_for_kind(cls, data: Any) -> Any:
+        """Chat and embedding features get their own input contract unless one is given."""
+        if isinstance(data, dict) and "input" not in data:
+            kind = (data.get("output") or {}).get("kind") if isinstance(data.get("output"), dict) else None
+            if kind == "chat":
+                return {**data, "input": {"schema": CHAT_INPUT_SCHEMA, "text_field": None,
+                                          "max_chars": 200_000}}
+            if kind == "embedding":
+                return {**data, "input": {"schema": EMBEDDING_INPUT_SCHEMA, "text_field": None,
+                                          "max_chars": 200_000}}
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> FeatureSpec:

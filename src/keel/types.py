@@ -46,6 +46,8 @@ class Call:
     key: str | None = None
     # bytes of the raw request body when it came over HTTP (for the size check)
     body_bytes: int = 0
+    # per-call Chat Completions options (tools, temperature, ...) for chat features
+    options: dict[str, JSON] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -69,6 +71,28 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Delta:
+    """One piece of a streamed answer, with OpenAI chunk semantics: ``text`` is appended
+    to the content; ``tool_calls`` are OpenAI-shaped tool-call deltas
+    (``{"index", "id"?, "type"?, "function": {"name"?, "arguments"}}``); the last
+    pieces carry ``finish_reason`` and ``usage``."""
+
+    text: str = ""
+    tool_calls: list[dict[str, JSON]] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """Vectors for a batch of texts, in order."""
+
+    vectors: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+@dataclass(slots=True)
 class Completion:
     """What a provider returns for one successful attempt.
 
@@ -81,6 +105,8 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     text: str | None = None
     model: str | None = None
+    # OpenAI's vocabulary: stop, length, tool_calls, content_filter
+    finish_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -127,6 +153,8 @@ class Outcome:
     reason: str | None = None  # why the decision is not plain "accepted"
     error_code: str | None = None
     error: str | None = None
+    finish_reason: str | None = None
+    retry_after: float | None = None  # when every target was rate-limited
 
 
 @dataclass(slots=True)

@@ -100,7 +100,8 @@ async def test_chat_completions_shape(client: httpx.AsyncClient) -> None:
         ({"model": "f", "messages": [{"role": "user", "content": 5}]}, 422, "invalid_request"),
         ({"model": "f", "messages": ["x"]}, 422, "invalid_request"),
         ({"model": "f", "messages": [{"role": "user", "content": " "}]}, 422, "empty_text"),
-        ({"model": "f", "stream": True, "messages": [{"role": "user", "content": "x"}]}, 422, "invalid_request"),
+        ({"model": "f", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}, 422, "invalid_request"),
+        ({"model": "f", "n": 2, "messages": [{"role": "user", "content": "x"}]}, 422, "invalid_request"),
     ],
 )
 async def test_chat_completions_errors(client: httpx.AsyncClient, payload: dict[str, object],

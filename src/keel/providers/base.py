@@ -9,14 +9,17 @@ retry can help (``retryable``), which is all the invoke stage needs to know.
 from __future__ import annotations
 
 import string
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import orjson
 
-from keel.types import JSON, Completion
+from keel.types import JSON, Completion, Delta, Embeddings
 
-OutputKind = Literal["label", "json", "text"]
+# label: {"label": ...}; text: {"text": ...}; json: the parsed object; chat: the
+# assistant message {"role", "content", "tool_calls"?}; embedding: vectors
+OutputKind = Literal["label", "json", "text", "chat", "embedding"]
 
 
 @dataclass(slots=True)
@@ -34,6 +37,11 @@ class ProviderRequest:
     labels: list[str] | None = None
     label_descriptions: dict[str, str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # chat features: the caller's OpenAI-shaped messages, and its per-call Chat
+    # Completions options (tools, tool_choice, response_format, temperature, ...),
+    # which override the version's params
+    messages: list[dict[str, Any]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(Protocol):
@@ -51,6 +59,16 @@ class Provider(Protocol):
 
     async def complete(self, request: ProviderRequest) -> Completion:
         """One attempt. Raise a ProviderError subclass on failure."""
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        """One streamed attempt, as an async generator of deltas.
+
+        A failure before the first delta raises a ProviderError like ``complete``; a
+        failure after it raises :class:`~keel.errors.ProviderStreamInterrupted`.
+        Providers that cannot stream raise ProviderRejected on the first iteration."""
+
+    async def embed(self, request: ProviderRequest, texts: list[str]) -> Embeddings:
+        """Embeddings for ``texts``; ProviderRejected where the provider has none."""
 
     async def close(self) -> None:
         """Release connections and threads. Called once at shutdown."""

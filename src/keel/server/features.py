@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -11,7 +12,6 @@ from starlette.responses import Response
 from keel.errors import AllTargetsFailed, InvalidRequest
 from keel.gateway import Keel
 from keel.server.body import read_json_object
-from keel.server.errors import error_response
 from keel.server.schema import (
     ErrorBody,
     FeatureRequest,
@@ -65,11 +65,19 @@ def _kind(value: Any) -> str:
 
 
 def failed_response(outcome: Outcome) -> Response:
-    body = orjson.loads(error_response(AllTargetsFailed.code, outcome.error or "", 502,
-                                       "api_error").body)
+    """Every target failed: 502, or 429 with Retry-After when the last one was rate-limited."""
+    headers = keel_headers(outcome)
+    if outcome.error_code == "upstream_rate_limited":
+        status, type_ = 429, "rate_limit_error"
+        headers["retry-after"] = str(max(1, math.ceil(outcome.retry_after or 1)))
+    else:
+        status, type_ = 502, "api_error"
+    body: dict[str, Any] = {"error": {"code": outcome.error_code or AllTargetsFailed.code,
+                                      "message": outcome.error or "", "type": type_,
+                                      "param": None}}
     body["trace_id"] = outcome.trace_id
     body["attempts"] = outcome_body(outcome)["attempts"]
-    return json_response(body, 502, keel_headers(outcome))
+    return json_response(body, status, headers)
 
 
 @router.post(

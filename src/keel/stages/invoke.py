@@ -56,7 +56,7 @@ async def invoke_target(
         start = time.perf_counter()
         try:
             async with asyncio.timeout(request.timeout_s):
-                completion = await provider.complete(request)
+                completion = await attempt(provider, request)
         except TimeoutError:
             error = ProviderTimeout(
                 f"{provider.name}: no answer within {request.timeout_s:g} s"
@@ -81,6 +81,16 @@ async def invoke_target(
             raise error  # waiting that long is worse than the next target
         await asyncio.sleep(backoff_delay(n, retry, retry_after, rng))
     raise AssertionError("unreachable")
+
+
+async def attempt(provider: Provider, request: ProviderRequest) -> Completion:
+    """One call to the provider; embedding features go through ``embed``."""
+    if request.output_kind == "embedding":
+        texts = request.input.get("input")
+        embeddings = await provider.embed(request, texts if isinstance(texts, list) else [])
+        return Completion(output=embeddings.vectors, usage=embeddings.usage, model=embeddings.model,
+                          finish_reason="stop")
+    return await provider.complete(request)
 
 
 def _ms(start: float) -> float:

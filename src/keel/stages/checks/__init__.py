@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from keel.spec import FeatureSpec
+from keel.stages.checks.messages import MessagesCheck
 from keel.stages.checks.schema import InputSchemaCheck
 from keel.stages.checks.text import TextCheck
 from keel.types import Call
@@ -25,6 +26,8 @@ def build_checks(feature: FeatureSpec) -> list[Check]:
     checks: list[Check] = [InputSchemaCheck(feature.input.json_schema)]
     if feature.input.text_field:
         checks.append(TextCheck(feature.input.text_field, feature.input.max_chars))
+    if feature.output.kind == "chat":
+        checks.append(MessagesCheck(feature.input.max_chars))
     return checks
 
 

@@ -12,7 +12,7 @@ def field_text(output: JSON, field: str | None) -> str | None:
     elif isinstance(output, str):
         value = output
     elif isinstance(output, dict):
-        value = output.get("text", output.get("label"))
+        value = output.get("text", output.get("label", output.get("content")))
     else:
         value = None
     return value if isinstance(value, str) else None
