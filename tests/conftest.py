@@ -15,11 +15,13 @@ from keel.gateway import Keel
 from keel.providers.base import ProviderRequest
 from keel.settings import Settings
 from keel.spec import KeelSpec, ProviderSpec, parse_spec
-from keel.types import Completion, Usage
+from keel.types import Completion, Delta, Embeddings, Usage
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 
 Script = Completion | ProviderError | float  # a float: hang for that many seconds
+# a stream script: deltas to yield, with a ProviderError or float (hang) anywhere in it
+StreamScript = list[Delta | ProviderError | float]
 
 
 class ScriptedProvider:
@@ -32,7 +34,11 @@ class ScriptedProvider:
         self.default: Completion = Completion(output={"label": "a"}, confidence=0.9,
                                               usage=Usage(10, 2))
         self.requests: list[ProviderRequest] = []
+        self.streams: list[StreamScript] = []
+        self.default_stream: StreamScript = [Delta(text="hel"), Delta(text="lo"),
+                                             Delta(finish_reason="stop", usage=Usage(5, 2))]
         self.started = self.closed = False
+        self.streams_closed = 0
 
     async def start(self) -> None:
         self.started = True
@@ -49,6 +55,27 @@ class ScriptedProvider:
         if isinstance(item, ProviderError):
             raise item
         return item
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        self.requests.append(request)
+        script = self.streams.pop(0) if self.streams else list(self.default_stream)
+        try:
+            for item in script:
+                if isinstance(item, float):
+                    await asyncio.sleep(item)
+                elif isinstance(item, ProviderError):
+                    raise item
+                else:
+                    yield item
+        finally:
+            self.streams_closed += 1
+
+    async def embed(self, request: ProviderRequest, texts: list[str]) -> Embeddings:
+        self.requests.append(request)
+        item = self.script.pop(0) if self.script else None
+        if isinstance(item, ProviderError):
+            raise item
+        return Embeddings([[float(len(t)), 1.0] for t in texts], Usage(len(texts), 0), "emb")
 
     async def close(self) -> None:
         self.closed = True

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from keel.errors import ConfigError, ProviderRejected
@@ -143,3 +144,26 @@ def test_bad_options_are_config_errors() -> None:
         LocalProvider("mine", ProviderSpec(type="local", options={"thread": 2}))
     with pytest.raises(ConfigError, match="max_batch must be a positive integer"):
         LocalProvider("mine", ProviderSpec(type="local", options={"max_batch": 0}))
+
+
+async def test_local_embeddings_are_unit_vectors_and_similar_texts_are_close() -> None:
+    from keel.providers.base import ProviderRequest
+    from keel.providers.local import LocalProvider
+    from keel.spec import ProviderSpec
+
+    provider = LocalProvider("local", ProviderSpec(type="local"))
+    await provider.start()
+    try:
+        request = ProviderRequest("e", "v1", "minilm", {}, "embedding", 10.0)
+        result = await provider.embed(request, ["my card has not arrived", "where is my new card",
+                                                "what is the exchange rate"])
+        vectors = np.asarray(result.vectors)
+        assert vectors.shape == (3, 384)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+        assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+        assert result.usage.input_tokens > 0
+        with pytest.raises(ProviderRejected, match="does not generate text"):
+            async for _ in provider.stream(request):
+                pass
+    finally:
+        await provider.close()

@@ -15,6 +15,7 @@ without a description, e.g. ``"banking help: {name}"``), ``threads``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from keel.providers.local.embedder import (
     load_encoder,
 )
 from keel.spec import ProviderSpec
-from keel.types import Completion, Usage
+from keel.types import Completion, Delta, Embeddings, Usage
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -140,7 +141,27 @@ class LocalProvider:
             raise ConfigError(f"providers.{self.name}: {exc.message}") from None
 
     async def prepare(self, request: ProviderRequest) -> None:
+        if request.output_kind == "embedding":
+            return  # the embedder was loaded by start()
         await self._classifier(request, _VersionConfig.of(request, self.settings.threads))
+
+    async def embed(self, request: ProviderRequest, texts: list[str]) -> Embeddings:
+        """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), batched with
+        whatever else is in flight."""
+        threads = request.params.get("threads", self.settings.threads)
+        embedder = await self._embedder(threads if isinstance(threads, int) else self.settings.threads)
+        results = await asyncio.gather(*(embedder.embed_counted(t) for t in texts))
+        return Embeddings(
+            vectors=[vector.tolist() for vector, _ in results],
+            usage=Usage(input_tokens=sum(tokens for _, tokens in results)),
+            model=request.model,
+        )
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        raise ProviderRejected(
+            f"the local provider classifies and embeds; it does not generate text, so feature "
+            f"'{request.feature}' cannot stream from it: route it to an LLM provider")
+        yield Delta()  # pragma: no cover - makes this an async generator
 
     async def complete(self, request: ProviderRequest) -> Completion:
         if request.output_kind != "label":
