@@ -1,8 +1,10 @@
 """Recording events off the hot path: a queue, one writer thread, batched transactions.
 
-``submit`` never touches the disk: it puts the event on a queue and returns. The
-writer thread takes what has piled up (up to ``batch_size``), writes it in one
-transaction and goes back for more, so under load batches grow by themselves.
+``submit`` never touches the disk: it appends the event to a list, and once per
+event-loop iteration that list goes to the writer thread's queue as one batch (one
+queue put and one thread wake-up per loop turn, not per event). The writer takes
+what has piled up (up to ``batch_size``), writes it in one transaction and goes back
+for more, so under load batches grow by themselves.
 ``close`` drains the queue before it returns: nothing submitted is lost on a clean
 shutdown (uvicorn turns SIGTERM into one). If the store keeps failing, the batch is
 appended to a spill file beside it rather than dropped.
@@ -10,6 +12,7 @@ appended to a spill file beside it rather than dropped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import sqlite3
@@ -38,9 +41,12 @@ class EventWriter:
         self._store = store
         self._batch_size = batch_size
         self._retries = retries
+        # items: a list of events, a _Flush marker, or _STOP
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="keel-event-writer", daemon=True)
         self._closed = False
+        self._pending: list[Event] = []
+        self._handoff_scheduled = False
         self.written = 0
         self.spilled = 0
         self.spill_path = store.path.with_suffix(store.path.suffix + ".spill.jsonl")
@@ -51,10 +57,26 @@ class EventWriter:
     def submit(self, event: Event) -> None:
         if self._closed:
             raise RuntimeError("event writer is closed")
-        self._queue.put(event)
+        self._pending.append(event)
+        if self._handoff_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: hand over at once
+            self._handoff()
+            return
+        self._handoff_scheduled = True
+        loop.call_soon(self._handoff)
+
+    def _handoff(self) -> None:
+        self._handoff_scheduled = False
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted before this call is written."""
+        self._handoff()
         marker = _Flush()
         self._queue.put(marker)
         return marker.done.wait(timeout)
@@ -63,6 +85,7 @@ class EventWriter:
         if self._closed:
             return
         self._closed = True
+        self._handoff()
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
@@ -86,8 +109,8 @@ class EventWriter:
                     elif isinstance(item, _Flush):
                         markers.append(item)
                     else:
-                        assert isinstance(item, Event)
-                        batch.append(item)
+                        assert isinstance(item, list)
+                        batch.extend(item)
                     if len(batch) >= self._batch_size:
                         break
                     try:

@@ -11,7 +11,6 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,8 @@ class SQLiteStore:
             (
                 e.trace_id, e.ts, e.feature, e.version, str(e.decision), e.confidence,
                 e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
-                e.error_code, _dumps(e.timings_ms), _dumps([asdict(a) for a in e.attempts]),
-                _dumps([asdict(v) for v in e.validations]), _dumps(e.input), _dumps(e.output),
+                e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
+                _dumps(e.validations), _dumps(e.input), _dumps(e.output),
             )
             for e in events
         ]
