@@ -2,9 +2,8 @@
 
 A pure ASGI app (no framework) that forwards every request body to one upstream with
 one shared ``httpx.AsyncClient`` and returns the upstream's status and bytes. It runs
-under uvicorn exactly as ``keel serve`` does (uvicorn.run defaults: uvloop and httptools
-when installed, access log off, log level warning), so the difference between this
-and Keel is Keel's own work::
+under uvicorn exactly as ``keel serve`` does (uvloop, httptools, access log off, log level
+warning), so the difference between this and Keel is Keel's own work (FastAPI included)::
 
     python bench/passthrough.py --port 9201 --upstream http://127.0.0.1:9100/v1/chat/completions
 """
@@ -22,8 +21,9 @@ Message = dict[str, Any]
 
 
 class PassThrough:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, max_connections: int = 256) -> None:
         self.upstream = upstream
+        self.max_connections = max_connections
         self.client: httpx.AsyncClient | None = None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -53,9 +53,10 @@ class PassThrough:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # the same pool shape as Keel's openai provider (max_connections: 256)
+                n = self.max_connections
                 self.client = httpx.AsyncClient(
                     headers={"content-type": "application/json", "accept": "application/json"},
-                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+                    limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
                     timeout=30.0,
                 )
                 await send({"type": "lifespan.startup.complete"})
@@ -71,10 +72,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="URL every request is POSTed to")
+    parser.add_argument("--max-connections", type=int, default=256,
+                        help="httpx pool size (Keel's provider default: 256)")
     args = parser.parse_args()
-    # the same options as keel.cli.serve
-    uvicorn.run(PassThrough(args.upstream), host=args.host, port=args.port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    # the same server options as keel.cli.serve: uvloop, httptools, no access log
+    uvicorn.run(PassThrough(args.upstream, args.max_connections), host=args.host, port=args.port,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=30,
+                loop="uvloop", http="httptools")
 
 
 if __name__ == "__main__":
