@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint bench-overhead
+.PHONY: install install-test install-bench serve test lint bench-overhead
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,9 @@ lint: install-test
 test: lint
 	$(BIN)/python -m pytest -q
 
-bench-overhead: install-test
+install-bench: install-test
+	$(BIN)/pip install -q -e '.[test,bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+bench-overhead: install-bench
 	$(BIN)/python bench/overhead.py

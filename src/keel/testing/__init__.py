@@ -5,6 +5,13 @@ fail on command. One module per wire format; shared fault handling in ``faults``
     python -m keel.testing --port 9100 --reply billing
 """
 
-from keel.testing.fake_openai import FAKE_MODES, FakeMode, FakeUpstream, RecordedRequest, ReplyFn, echo
+from keel.testing.fake_openai import (
+    FAKE_MODES,
+    FakeMode,
+    FakeUpstream,
+    RecordedRequest,
+    ReplyFn,
+    echo,
+)
 
 __all__ = ["FAKE_MODES", "FakeMode", "FakeUpstream", "RecordedRequest", "ReplyFn", "echo"]
