@@ -17,6 +17,7 @@ from keel.spec import ProviderSpec
 PROVIDER_TYPES: Mapping[str, str] = {
     "local": "keel.providers.local:LocalProvider",
     "openai": "keel.providers.openai:OpenAIProvider",
+    "anthropic": "keel.providers.anthropic:AnthropicProvider",
 }
 
 
