@@ -49,6 +49,7 @@ class Feature:
                 input={},
                 output_kind=spec.output.kind,
                 timeout_s=version.timeout_s or pspec.timeout_s,
+                first_byte_timeout_s=pspec.first_byte_timeout_s,
                 prompt=version.prompt,
                 system=version.system,
                 labels=spec.output.labels,

@@ -41,8 +41,11 @@ class ProviderSpec(_Strict):
     type: str = Field(description="wire protocol: openai (also vLLM, Ollama, LM Studio) or local")
     base_url: str | None = None
     api_key: str | None = Field(default=None, description="use ${ENV_VAR}; never write keys")
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0, description="total time for one attempt")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_byte_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="time to the first byte (streams: the first token); default: timeout_s")
     max_connections: int = Field(default=256, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)

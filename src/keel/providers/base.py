@@ -31,7 +31,7 @@ class ProviderRequest:
     model: str
     input: dict[str, JSON]
     output_kind: OutputKind
-    timeout_s: float
+    timeout_s: float  # total, for one attempt
     prompt: str | None = None  # the version's template, already hashed into the version
     system: str | None = None
     labels: list[str] | None = None
@@ -42,6 +42,8 @@ class ProviderRequest:
     # which override the version's params
     messages: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # time to the first byte of the answer (a stream's first token); None: timeout_s
+    first_byte_timeout_s: float | None = None
 
 
 class Provider(Protocol):

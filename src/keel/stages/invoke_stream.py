@@ -36,7 +36,7 @@ async def open_stream(
 ) -> tuple[Delta, AsyncIterator[Delta], float]:
     """The first delta, the rest of the stream, and when the attempt started.
 
-    The first delta must arrive within ``request.timeout_s`` (time to first token).
+    The first delta must arrive within ``first_byte_timeout_s`` (else ``timeout_s``).
     Raises the last ProviderError when every try failed before its first delta."""
     for n in range(retry.max_retries + 1):
         if breaker is not None and not breaker.allow():
@@ -46,12 +46,12 @@ async def open_stream(
             raise error
         start = time.perf_counter()
         stream = provider.stream(request).__aiter__()
+        first_wait = request.first_byte_timeout_s or request.timeout_s
         try:
-            async with asyncio.timeout(request.timeout_s):
+            async with asyncio.timeout(first_wait):
                 first = await anext(stream)
         except TimeoutError:
-            error = ProviderTimeout(
-                f"{provider.name}: no first token within {request.timeout_s:g} s")
+            error = ProviderTimeout(f"{provider.name}: no first token within {first_wait:g} s")
         except StopAsyncIteration:
             error = ProviderBadResponse(f"{provider.name}: the stream ended before any content")
         except ProviderError as exc:
