@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from email.utils import formatdate
@@ -15,6 +14,7 @@ import pytest
 from keel.errors import (
     ConfigError,
     ProviderBadResponse,
+    ProviderError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
@@ -25,6 +25,7 @@ from keel.providers.base import ProviderRequest
 from keel.providers.openai import OpenAIProvider, label_instruction, parse_retry_after
 from keel.spec import ProviderSpec
 from keel.testing import FakeUpstream, echo
+from keel.testing.fake_openai import closed_base_url, fake_embedding
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def upstream() -> Iterator[FakeUpstream]:
 def up(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
     upstream.reset()
     upstream.reply = "billing"
+    upstream.reply_tool_call = None
+    upstream.cached_tokens = upstream.reasoning_tokens = 0
     yield upstream
 
 
@@ -79,6 +82,7 @@ async def test_label(up: FakeUpstream, provider: OpenAIProvider) -> None:
     assert c.text == ' "billing." '
     assert c.model == "gpt-test"
     assert c.confidence is None
+    assert c.finish_reason == "stop"
     assert c.usage.output_tokens == 1
     assert c.usage.input_tokens > 5
     body = sent(up)
@@ -250,10 +254,7 @@ async def test_missing_content(up: FakeUpstream, provider: OpenAIProvider) -> No
 
 
 async def test_connection_refused() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = OpenAIProvider("down", ProviderSpec(type="openai", base_url=f"http://127.0.0.1:{port}/v1"))
+    p = OpenAIProvider("down", ProviderSpec(type="openai", base_url=closed_base_url()))
     await p.start()
     try:
         with pytest.raises(ProviderUnavailable) as info:
@@ -262,6 +263,145 @@ async def test_connection_refused() -> None:
         await p.close()
     assert info.value.retryable
     assert "'down'" in info.value.message and "cannot reach" in info.value.message
+
+
+@pytest.mark.parametrize(("mode", "error", "retryable", "text"), [
+    ("bad_gateway", ProviderUnavailable, True, "HTTP 502"),
+    ("unavailable", ProviderUnavailable, True, "currently overloaded"),
+    ("auth", ProviderRejected, False, "check the provider's api_key"),
+])
+async def test_more_status_errors(up: FakeUpstream, provider: OpenAIProvider, mode: Any,
+                                  error: type[ProviderError], retryable: bool, text: str) -> None:
+    up.set_mode(mode, times=1)
+    with pytest.raises(error) as info:
+        await provider.complete(req())
+    assert info.value.retryable is retryable
+    assert text in info.value.message
+
+
+async def test_refused_then_back(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    await provider.complete(req())  # a pooled keep-alive connection, which refuse closes
+    up.set_mode("refuse")
+    with pytest.raises(ProviderUnavailable, match="cannot reach"):
+        await provider.complete(req())
+    up.set_mode("ok")
+    assert (await provider.complete(req())).output == {"label": "billing"}
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+async def test_cached_and_reasoning_tokens(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    up.cached_tokens, up.reasoning_tokens = 4, 1
+    c = await provider.complete(req())
+    assert c.usage.cached_input_tokens == 4
+    assert c.usage.reasoning_tokens == 1
+    assert c.usage.input_tokens > 4 and c.usage.output_tokens == 1
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+MESSAGES = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+]
+
+
+def chat_req(**kw: Any) -> ProviderRequest:
+    return req("chat", input={}, messages=MESSAGES, **kw)
+
+
+async def test_chat_passes_messages_and_options(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    up.reply = "It is 18C and sunny in Paris."
+    r = chat_req(system="Be brief.",
+                 params={"temperature": 0.2, "max_tokens": 50, "text_field": "x",
+                         "extra_body": {"top_k": 3}},
+                 options={"tools": TOOLS, "tool_choice": "auto", "temperature": 0.9,
+                          "response_format": {"type": "text"}, "stop": ["END"],
+                          "stream": True, "not_a_param": 1})
+    c = await provider.complete(r)
+    assert c.output == {"role": "assistant", "content": "It is 18C and sunny in Paris."}
+    assert c.text == "It is 18C and sunny in Paris."
+    assert c.finish_reason == "stop"
+    body = sent(up)
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    assert body["tools"] == TOOLS and body["tool_choice"] == "auto"
+    assert body["temperature"] == 0.9  # the call's option wins over the version's param
+    assert body["max_tokens"] == 50 and body["top_k"] == 3 and body["stop"] == ["END"]
+    assert body["response_format"] == {"type": "text"}
+    assert "stream" not in body and "not_a_param" not in body and "text_field" not in body
+
+
+async def test_chat_tool_call_has_null_content(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    up.reply_tool_call = ("get_weather", '{"city": "Paris"}')
+    c = await provider.complete(chat_req(options={"tools": TOOLS}))
+    assert c.finish_reason == "tool_calls"
+    assert c.text == ""
+    out = c.output
+    assert out["role"] == "assistant" and out["content"] is None
+    (call,) = out["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert sent(up)["messages"] == MESSAGES  # no system message when none is set
+
+
+async def test_null_content_is_an_error_for_other_kinds(
+        up: FakeUpstream, provider: OpenAIProvider) -> None:
+    up.reply_tool_call = ("get_weather", "{}")
+    with pytest.raises(ProviderBadResponse, match=r"content is not a string.*tool_calls"):
+        await provider.complete(req("text"))
+
+
+async def test_options_apply_to_other_kinds(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    await provider.complete(req(params={"temperature": 0}, options={"temperature": 1, "seed": 2}))
+    body = sent(up)
+    assert body["temperature"] == 1 and body["seed"] == 2
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+async def test_embed(up: FakeUpstream, provider: OpenAIProvider) -> None:
+    texts = ["my card has not arrived", "refund please", "hi"]
+    e = await provider.embed(req("embedding", model="emb-1"), texts)
+    assert e.vectors == [fake_embedding(t) for t in texts]
+    assert e.usage.input_tokens == 8
+    assert e.model == "emb-1"
+    last = up.last_request
+    assert last is not None and last.path == "/v1/embeddings"
+    assert last.body == {"model": "emb-1", "input": texts, "encoding_format": "float"}
+    e = await provider.embed(req("embedding", params={"dimensions": 4, "temperature": 1}), ["x"])
+    assert e.vectors == [fake_embedding("x", 4)]
+    assert sent(up) == {"model": "gpt-test", "input": ["x"], "dimensions": 4,
+                        "encoding_format": "float"}
+    requests = up.requests
+    assert (await provider.embed(req("embedding"), [])).vectors == []
+    assert up.requests == requests  # nothing to embed: no call
+
+
+@pytest.mark.parametrize(("mode", "error"), [
+    ("error", ProviderUnavailable), ("rate_limit", ProviderRateLimited),
+    ("auth", ProviderRejected), ("invalid_json", ProviderBadResponse),
+    ("timeout", ProviderTimeout),
+])
+async def test_embed_errors(up: FakeUpstream, provider: OpenAIProvider, mode: Any,
+                            error: type[Exception]) -> None:
+    up.set_mode(mode, times=1, hang_s=5)
+    with pytest.raises(error, match="/v1/embeddings"):
+        await provider.embed(req("embedding", timeout_s=0.3), ["a"])
+
+
+async def test_embed_refused() -> None:
+    p = OpenAIProvider("down", ProviderSpec(type="openai", base_url=closed_base_url()))
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"cannot reach.*/embeddings"):
+            await p.embed(req("embedding"), ["a"])
+    finally:
+        await p.close()
 
 
 # --- helpers -------------------------------------------------------------------------------

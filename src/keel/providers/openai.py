@@ -13,6 +13,18 @@ connect error, 5xx             ProviderUnavailable        yes
 other 4xx                      ProviderRejected           no
 body not JSON / no content     ProviderBadResponse        no (next target)
 =============================  =========================  =========
+
+Kinds ``label``/``text``/``json`` send one user message built from the input and prompt;
+``chat`` sends the caller's ``messages`` as they are and returns the assistant message
+(``content`` null when it holds ``tool_calls``). Params: the version's, then the call's
+``options``, both through the :data:`CHAT_PARAMS` allow-list.
+
+:meth:`OpenAIProvider.stream` reads server-sent events. ``request.timeout_s`` bounds the
+time to the first delta (connect, headers and the chunks before it), then the silence
+before each later chunk (a stall). Before the first delta failures map as above (the
+caller can still fall back); after it, every failure — a cut without ``[DONE]``, a stall,
+a malformed chunk, an in-stream ``{"error": ...}`` event — is ProviderStreamInterrupted.
+:meth:`OpenAIProvider.embed` posts to ``/embeddings`` with the same mapping.
 """
 
 from __future__ import annotations
@@ -20,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -29,14 +42,16 @@ import orjson
 from keel.errors import (
     ConfigError,
     ProviderBadResponse,
+    ProviderError,
     ProviderRateLimited,
     ProviderRejected,
+    ProviderStreamInterrupted,
     ProviderTimeout,
     ProviderUnavailable,
 )
 from keel.providers.base import ProviderRequest, render_prompt, shape_output
 from keel.spec import ProviderSpec
-from keel.types import Completion, Usage
+from keel.types import Completion, Delta, Embeddings, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -48,6 +63,10 @@ CHAT_PARAMS: frozenset[str] = frozenset({
     "response_format", "tools", "tool_choice", "parallel_tool_calls", "user",
     "reasoning_effort", "service_tier", "metadata", "store", "prediction", "verbosity",
 })
+EMBED_PARAMS: frozenset[str] = frozenset({"dimensions", "user"})
+# in-stream error types that say the request itself is wrong (anything else: the server)
+_REJECTED_TYPES = frozenset({"invalid_request_error", "authentication_error",
+                             "permission_error", "not_found_error"})
 
 _HINTS = {
     401: "check the provider's api_key",
@@ -129,6 +148,7 @@ class OpenAIProvider:
                 "(e.g. http://localhost:11434/v1)"
             )
         self.url = url
+        self.embeddings_url = httpx.URL(base + "/embeddings")
         self._client: httpx.AsyncClient | None = None
         self._timeouts: dict[float, httpx.Timeout] = {}
         # (feature, version) -> (labels, descriptions, instruction); identity-checked
@@ -162,11 +182,7 @@ class OpenAIProvider:
     # --- one attempt ----------------------------------------------------------------
 
     async def complete(self, request: ProviderRequest) -> Completion:
-        client = self._client
-        if client is None:
-            await self.start()
-            client = self._client
-            assert client is not None
+        client = self._client or await self._started()
         body = self._body(request)
         try:
             # a total deadline: httpx's read timeout is per read, not per response
@@ -174,27 +190,158 @@ class OpenAIProvider:
                 response = await client.post(self.url, content=body,
                                              timeout=self._timeout(request.timeout_s))
         except (httpx.TimeoutException, TimeoutError):
-            raise ProviderTimeout(
-                f"provider '{self.name}': no response from {self.url} within "
-                f"{request.timeout_s:g}s (model '{request.model}'); the server is slow or "
-                "stuck: raise timeout_s or check it"
-            ) from None
+            raise self._timeout_error(request, self.url) from None
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(
-                f"provider '{self.name}': cannot reach {self.url}: "
-                f"{type(exc).__name__}: {str(exc) or 'connection failed'}; is the server running "
-                "and base_url right?"
-            ) from None
+            raise self._connect_error(self.url, exc) from None
         status = response.status_code
         if not 200 <= status < 300:
             raise self._status_error(request, response)
         return self._completion(request, response.content)
 
-    def _body(self, request: ProviderRequest) -> bytes:
-        messages: list[dict[str, str]] = []
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        """The deltas of one answer, the last one with the usage. ``timeout_s`` is the
+        time to first delta and the per-chunk stall timeout (see the module doc)."""
+        client = self._client or await self._started()
+        timeout_s = request.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s  # the first delta's: time to first token
+        http_request = client.build_request(
+            "POST", self.url, content=self._body(request, stream=True),
+            headers={"accept": "text/event-stream"}, timeout=self._timeout(timeout_s))
+        response: httpx.Response | None = None
+        lines: AsyncGenerator[str, None] | None = None
+        chunks = deltas = 0
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await client.send(http_request, stream=True)
+                    if not 200 <= response.status_code < 300:
+                        await response.aread()
+            except (httpx.TimeoutException, TimeoutError):
+                raise self._timeout_error(request, self.url) from None
+            except httpx.TransportError as exc:
+                raise self._connect_error(self.url, exc) from None
+            if not 200 <= response.status_code < 300:
+                raise self._status_error(request, response)
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise ProviderBadResponse(
+                    f"provider '{self.name}': {self.url} answered a stream request with "
+                    f"{content_type or 'no content-type'}, not text/event-stream")
+            lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+            while True:
+                if deltas:  # after the first delta: the stall timeout, per chunk
+                    deadline = loop.time() + timeout_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await _next_event(lines)
+                except (httpx.TimeoutException, TimeoutError):
+                    what = "no chunk" if deltas else "no first delta (time to first token)"
+                    raise self._stream_error(request, chunks, deltas, ProviderTimeout,
+                                             f"{what} within {timeout_s:g}s") from None
+                except httpx.HTTPError as exc:
+                    raise self._stream_error(
+                        request, chunks, deltas, ProviderUnavailable,
+                        f"the connection broke: {type(exc).__name__}: {exc}") from None
+                if data is None:
+                    raise self._stream_error(request, chunks, deltas, ProviderUnavailable,
+                                             "the stream ended without data: [DONE]")
+                if data == "[DONE]":
+                    return
+                chunks += 1
+                try:
+                    chunk = orjson.loads(data)
+                    error = chunk.get("error")
+                    delta = None if error is not None else _chunk_delta(chunk)
+                except (orjson.JSONDecodeError, TypeError, AttributeError, IndexError):
+                    raise self._stream_error(request, chunks, deltas, ProviderBadResponse,
+                                             f"a malformed chunk: {data[:200]!r}") from None
+                if error is not None:
+                    raise self._stream_error(request, chunks, deltas, *_error_event(error))
+                if delta is not None:
+                    deltas += 1
+                    yield delta
+        finally:
+            if lines is not None:
+                await lines.aclose()
+            if response is not None:
+                await response.aclose()
+
+    def _stream_error(self, request: ProviderRequest, chunks: int, deltas: int,
+                      before: type[ProviderError], what: str) -> ProviderError:
+        """``before`` while the caller can still fall back, else ProviderStreamInterrupted."""
+        where = f"provider '{self.name}': stream from {self.url} (model '{request.model}')"
+        if deltas:
+            return ProviderStreamInterrupted(
+                f"{where} broke after {chunks} chunk(s), {deltas} delta(s) already sent: {what}")
+        return before(f"{where} failed before the first delta ({chunks} chunk(s) arrived): "
+                      f"{what}")
+
+    async def embed(self, request: ProviderRequest, texts: list[str]) -> Embeddings:
+        """``POST {base_url}/embeddings``: one vector per text, in order."""
+        if not texts:
+            return Embeddings(vectors=[], model=request.model)
+        client = self._client or await self._started()
+        body: dict[str, Any] = {"model": request.model, "input": texts}
+        for source in (request.params, request.options):
+            for key in EMBED_PARAMS & source.keys():
+                body[key] = source[key]
+        body["encoding_format"] = "float"
+        url = self.embeddings_url
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                response = await client.post(url, content=orjson.dumps(body),
+                                             timeout=self._timeout(request.timeout_s))
+        except (httpx.TimeoutException, TimeoutError):
+            raise self._timeout_error(request, url) from None
+        except httpx.TransportError as exc:
+            raise self._connect_error(url, exc) from None
+        if not 200 <= response.status_code < 300:
+            raise self._status_error(request, response)
+        content = response.content
+        try:
+            data = orjson.loads(content)
+            items = sorted(data["data"], key=lambda item: item["index"])
+            vectors = [[float(x) for x in item["embedding"]] for item in items]
+            usage = Usage(input_tokens=(data.get("usage") or {}).get("prompt_tokens") or 0)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise ProviderBadResponse(
+                f"provider '{self.name}': HTTP 200 from {url} without data[].embedding "
+                f"lists of numbers: {_snippet(content)!r}"
+            ) from None
+        if len(vectors) != len(texts):
+            raise ProviderBadResponse(
+                f"provider '{self.name}': {url} returned {len(vectors)} vectors for "
+                f"{len(texts)} texts")
+        return Embeddings(vectors=vectors, usage=usage, model=data.get("model") or request.model)
+
+    async def _started(self) -> httpx.AsyncClient:
+        await self.start()
+        assert self._client is not None
+        return self._client
+
+    def _timeout_error(self, request: ProviderRequest, url: httpx.URL) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"provider '{self.name}': no response from {url} within "
+            f"{request.timeout_s:g}s (model '{request.model}'); the server is slow or "
+            "stuck: raise timeout_s or check it"
+        )
+
+    def _connect_error(self, url: httpx.URL, exc: Exception) -> ProviderUnavailable:
+        return ProviderUnavailable(
+            f"provider '{self.name}': cannot reach {url}: "
+            f"{type(exc).__name__}: {str(exc) or 'connection failed'}; is the server running "
+            "and base_url right?"
+        )
+
+    def _body(self, request: ProviderRequest, stream: bool = False) -> bytes:
+        messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": self._user_content(request)})
+        if request.output_kind == "chat" and request.messages is not None:
+            messages += request.messages
+        else:
+            messages.append({"role": "user", "content": self._user_content(request)})
         body: dict[str, Any] = {"model": request.model, "messages": messages}
         params = request.params
         if params:
@@ -204,6 +351,14 @@ class OpenAIProvider:
             extra = params.get("extra_body")
             if isinstance(extra, dict):
                 body.update(extra)
+        options = request.options
+        if options:  # the call's own Chat Completions options win over the version's
+            for key, value in options.items():
+                if key in CHAT_PARAMS:
+                    body[key] = value
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
     def _user_content(self, request: ProviderRequest) -> str:
@@ -240,7 +395,8 @@ class OpenAIProvider:
         self, request: ProviderRequest, response: httpx.Response
     ) -> ProviderRateLimited | ProviderUnavailable | ProviderRejected | ProviderBadResponse:
         status = response.status_code
-        where = f"provider '{self.name}': HTTP {status} from {self.url} (model '{request.model}')"
+        where = (f"provider '{self.name}': HTTP {status} from {response.url} "
+                 f"(model '{request.model}')")
         message = _upstream_message(response.content)
         if status == 429:
             retry_after = parse_retry_after(response.headers)
@@ -255,42 +411,116 @@ class OpenAIProvider:
         return ProviderBadResponse(f"{where}: unexpected status: {message}")
 
     def _completion(self, request: ProviderRequest, content: bytes) -> Completion:
+        kind = request.output_kind
         try:
             data = orjson.loads(content)
             choice = data["choices"][0]
-            text = choice["message"]["content"]
+            message = choice["message"]
+            text = message.get("content") if kind == "chat" else message["content"]
         except orjson.JSONDecodeError:
             raise ProviderBadResponse(
                 f"provider '{self.name}': HTTP 200 from {self.url} but the body is not JSON: "
                 f"{_snippet(content)!r}"
             ) from None
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderBadResponse(
                 f"provider '{self.name}': HTTP 200 from {self.url} without "
                 f"choices[0].message.content: {_snippet(content)!r}"
             ) from None
-        if not isinstance(text, str):
-            refusal = choice["message"].get("refusal")
+        finish_reason = choice.get("finish_reason")
+        # a null content is an answer for chat (a tool call's), never for the other kinds
+        if not isinstance(text, str) and (kind != "chat" or text is not None):
+            refusal = message.get("refusal")
             why = f"the model refused: {refusal}" if refusal else "content is not a string"
             raise ProviderBadResponse(
                 f"provider '{self.name}': HTTP 200 from {self.url} but {why} "
-                f"(finish_reason {choice.get('finish_reason')!r})"
+                f"(finish_reason {finish_reason!r})"
             )
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            tokens = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-        else:
-            tokens = Usage()
+        usage = _usage(data.get("usage"))
+        model = data.get("model") or request.model
+        if kind == "chat" or text is None:
+            output: dict[str, Any] = {"role": "assistant", "content": text}
+            tool_calls = message.get("tool_calls")
+            if tool_calls:
+                output["tool_calls"] = tool_calls
+            refusal = message.get("refusal")
+            if refusal:
+                output["refusal"] = refusal
+            return Completion(output=output, usage=usage, text=text or "", model=model,
+                              finish_reason=finish_reason)
         confidence = None
-        if request.output_kind == "label" and request.params.get("logprobs"):
+        if kind == "label" and request.params.get("logprobs"):
             confidence = _confidence(choice.get("logprobs"))
         return Completion(
-            output=shape_output(request.output_kind, text),
+            output=shape_output(kind, text),
             confidence=confidence,
-            usage=tokens,
+            usage=usage,
             text=text,
-            model=data.get("model") or request.model,
+            model=model,
+            finish_reason=finish_reason,
         )
+
+
+def _usage(usage: Any) -> Usage:
+    """OpenAI's usage object; cached and reasoning tokens from its ``*_details``."""
+    if not isinstance(usage, dict):
+        return Usage()
+    tokens = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        tokens.cached_input_tokens = details.get("cached_tokens") or 0
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict):
+        tokens.reasoning_tokens = details.get("reasoning_tokens") or 0
+    return tokens
+
+
+def _error_event(error: Any) -> tuple[type[ProviderError], str]:
+    """The error class and message for an in-stream ``{"error": ...}`` event."""
+    if not isinstance(error, dict):
+        return ProviderUnavailable, f"the server sent an error event: {error}"
+    kind = f"{error.get('type')} {error.get('code')}"
+    cls: type[ProviderError] = ProviderUnavailable
+    if "rate_limit" in kind:
+        cls = ProviderRateLimited
+    elif any(t in kind for t in _REJECTED_TYPES):
+        cls = ProviderRejected
+    return cls, f"the server sent an error event: {error.get('message') or error}"
+
+
+def _chunk_delta(chunk: dict[str, Any]) -> Delta | None:
+    """The delta of one ``chat.completion.chunk`` (None when it carries nothing: the
+    opening role-only chunk). Raises TypeError/AttributeError on a malformed one."""
+    text, tool_calls, finish_reason = "", None, None
+    choices = chunk.get("choices")
+    if choices:
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        if not isinstance(text, str):
+            raise TypeError("delta.content is not a string")
+        tool_calls = delta.get("tool_calls") or None
+        if tool_calls is not None and not isinstance(tool_calls, list):
+            raise TypeError("delta.tool_calls is not a list")
+        finish_reason = choice.get("finish_reason")
+    raw_usage = chunk.get("usage")
+    usage = _usage(raw_usage) if isinstance(raw_usage, dict) else None
+    if text or tool_calls or finish_reason or usage:
+        return Delta(text, tool_calls, finish_reason, usage)
+    return None
+
+
+async def _next_event(lines: AsyncIterator[str]) -> str | None:
+    """The data of the next server-sent event (None at the end of the stream). ``event:``,
+    ``id:`` and ``retry:`` fields and ``:`` comments (keep-alives) are skipped."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                return "\n".join(data)
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    return "\n".join(data) if data else None
 
 
 def _confidence(logprobs: Any) -> float | None:

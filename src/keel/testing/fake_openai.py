@@ -164,28 +164,29 @@ class _EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         fault, events = self.fault, self.events
         mode = fault.mode if fault is not None else "ok"
-        at = fault.after_chunks if fault is not None else 0
-        if fault is not None and mode == "delay":
-            if not await wait(receive, fault.delay_s, self.stopping):
-                cut_connection()  # the client left or the server stops
-                return
-            mode = "ok"
-        for i, event in enumerate(events):
-            if i == at and fault is not None and mode != "ok":
+        if fault is not None and mode == "delay" and not await wait(
+                receive, fault.delay_s, self.stopping):
+            cut_connection()  # the client left or the server stops
+            return
+        # a stream fault strikes after `after_chunks` chunks (at the latest before [DONE])
+        at = min(fault.after_chunks, len(events)) if fault is not None else -1
+        for i in range(len(events) + 1):
+            if i == at and fault is not None:
                 if mode == "cut_stream":
                     cut_connection()
                     return  # without finishing the body: the connection is closed
-                if mode == "stall_stream":
-                    if not await wait(receive, fault.hang_s, self.stopping):
-                        cut_connection()
-                        return
-                else:  # stream_error, invalid_json: a bad event, and the stream ends
+                if mode == "stall_stream" and not await wait(receive, fault.hang_s,
+                                                             self.stopping):
+                    cut_connection()
+                    return
+                if mode in ("stream_error", "invalid_json"):  # a bad event ends the stream
                     bad = (_sse(_STREAM_ERROR) if mode == "stream_error"
                            else b'data: {"id": "chatcmpl-broken", "choices": [\n\n')
                     await send({"type": "http.response.body", "body": bad, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if i < len(events):
+                await send({"type": "http.response.body", "body": events[i], "more_body": True})
         await send({"type": "http.response.body", "body": _DONE, "more_body": False})
 
 
@@ -195,8 +196,9 @@ class FakeUpstream(FakeServer):
     ``reply`` is a fixed string or a :data:`ReplyFn` (e.g. :func:`echo`);
     ``reply_tool_call`` = ``(name, arguments_json)`` answers with that tool call instead
     (``content`` null, ``finish_reason`` "tool_calls"). When a request asks for
-    ``logprobs``, every token gets ``token_logprob``. Usage reports ``cached_tokens`` in
-    ``prompt_tokens_details`` and ``reasoning_tokens`` in ``completion_tokens_details``.
+    ``logprobs``, every token gets ``token_logprob``. When ``cached_tokens`` or
+    ``reasoning_tokens`` is set, usage carries OpenAI's ``prompt_tokens_details`` and
+    ``completion_tokens_details`` with them (otherwise neither, like vLLM).
     Embeddings are :func:`fake_embedding` vectors of ``embedding_dim`` (or the request's
     ``dimensions``). ``.app`` is the ASGI app, usable without starting a server.
     """
@@ -298,15 +300,18 @@ class FakeUpstream(FakeServer):
             _tokens(m["content"]) for m in body["messages"]
             if isinstance(m, dict) and isinstance(m.get("content"), str)
         )
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens,
-                                          "audio_tokens": 0, "accepted_prediction_tokens": 0,
-                                          "rejected_prediction_tokens": 0},
         }
+        if self.cached_tokens or self.reasoning_tokens:  # else the ok path stays lean
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens,
+                                              "audio_tokens": 0}
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        return usage
 
     def _logprobs(self, tokens: list[str]) -> dict[str, Any]:
         return {"content": [
