@@ -9,10 +9,10 @@
     │   ├── InvalidJSON         400  invalid_json
     │   ├── InvalidEncoding     400  invalid_encoding
     │   ├── BodyTooLarge        413  body_too_large
-    │   ├── InvalidRequest      422  invalid_request       (wrong envelope shape/types)
-    │   ├── InputSchemaError    422  input_schema_violation
-    │   ├── EmptyText           422  empty_text
-    │   └── TextTooLong         422  text_too_long
+    │   ├── InvalidRequest      400  invalid_request       (wrong envelope shape/types)
+    │   ├── InputSchemaError    400  input_schema_violation
+    │   ├── EmptyText           400  empty_text
+    │   └── TextTooLong         400  text_too_long
     ├── NotFound                404
     │   ├── FeatureNotFound     404  feature_not_found
     │   └── RouteNotFound       404  not_found
@@ -24,6 +24,7 @@
     │   └── ProviderRejected    502  provider_rejected     (4xx from upstream; not retryable)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
 
+Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError).
 The HTTP layer turns any of these into ``{"error": {"code", "message", "type", "param"}}``,
 which is also the shape OpenAI's SDK parses into its own exception types.
 """
@@ -78,22 +79,18 @@ class BodyTooLarge(RequestError):
 
 class InvalidRequest(RequestError):
     code = "invalid_request"
-    status = 422
 
 
 class InputSchemaError(RequestError):
     code = "input_schema_violation"
-    status = 422
 
 
 class EmptyText(RequestError):
     code = "empty_text"
-    status = 422
 
 
 class TextTooLong(RequestError):
     code = "text_too_long"
-    status = 422
 
 
 class NotFound(KeelError):

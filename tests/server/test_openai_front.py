@@ -132,10 +132,10 @@ async def test_embeddings(client: httpx.AsyncClient, encoding: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [
-        ({"model": "chat", "input": "x"}, 422, "invalid_request"),
-        ({"model": "emb", "input": [1, 2]}, 422, "invalid_request"),
-        ({"model": "emb", "input": []}, 422, "invalid_request"),
-        ({"model": "emb", "input": "x", "encoding_format": "int8"}, 422, "invalid_request"),
+        ({"model": "chat", "input": "x"}, 400, "invalid_request"),
+        ({"model": "emb", "input": [1, 2]}, 400, "invalid_request"),
+        ({"model": "emb", "input": []}, 400, "invalid_request"),
+        ({"model": "emb", "input": "x", "encoding_format": "int8"}, 400, "invalid_request"),
         ({"model": "nope", "input": "x"}, 404, "model_not_found"),
     ],
 )
@@ -146,8 +146,8 @@ async def test_embedding_errors(client: httpx.AsyncClient, payload: dict[str, An
 
 async def test_chat_checks(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "robot", "content": "x"}]})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "messages[0].role"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].role"
     r = await client.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": ""}]})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "empty_text"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "empty_text"
     r = await client.post("/v1/chat/completions", json={"model": "emb", "messages": [{"role": "user", "content": "x"}]})
-    assert r.status_code == 422
+    assert r.status_code == 400

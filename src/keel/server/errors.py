@@ -50,7 +50,7 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return error_response("invalid_request", f"{param or 'body'}: {first['msg']}", 422,
+        return error_response("invalid_request", f"{param or 'body'}: {first['msg']}", 400,
                               param=param)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

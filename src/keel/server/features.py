@@ -28,10 +28,10 @@ _ENVELOPE_KEYS = frozenset({"input", "user"})
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
-        400: "empty body, invalid JSON or invalid UTF-8",
+        400: "bad input: empty body, invalid JSON or UTF-8, wrong envelope, the input fails "
+             "its schema or checks",
         404: "unknown feature",
         413: "body too large",
-        422: "the envelope or the input fails its schema or checks",
         502: "every target of the route failed",
     }.items()
 }
