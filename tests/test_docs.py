@@ -24,7 +24,7 @@ def test_every_yaml_example_is_a_valid_config(tmp_path: Path) -> None:
     examples = blocks("yaml")
     assert examples
     for text in examples:
-        parse_spec(yaml.safe_load(text), base=tmp_path, env={"OPENAI_API_KEY": "sk-x"})
+        parse_spec(yaml.safe_load(text), base=tmp_path, env={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"})
 
 
 def test_every_documented_error_code_exists() -> None:

@@ -18,6 +18,7 @@ PROVIDER_TYPES: Mapping[str, str] = {
     "local": "keel.providers.local:LocalProvider",
     "openai": "keel.providers.openai:OpenAIProvider",
     "anthropic": "keel.providers.anthropic:AnthropicProvider",
+    "llama_cpp": "keel.providers.llama_cpp:LlamaCppProvider",
 }
 
 
