@@ -21,6 +21,8 @@ class Settings:
     # store the inputs and outputs of calls in events (switch off for sensitive data)
     store_payloads: bool = True
     extra_provider_types: dict[str, str] = field(default_factory=dict)
+    # gateway keys; empty: no key needed (bind to 127.0.0.1 then)
+    api_keys: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -39,5 +41,7 @@ class Settings:
             values["max_body_bytes"] = int(env["KEEL_MAX_BODY_BYTES"])
         if "KEEL_STORE_PAYLOADS" in env:
             values["store_payloads"] = env["KEEL_STORE_PAYLOADS"].lower() not in {"0", "false", "no"}
+        if env.get("KEEL_API_KEYS"):
+            values["api_keys"] = frozenset(k.strip() for k in env["KEEL_API_KEYS"].split(",") if k.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(base, **values)

@@ -113,3 +113,9 @@ def test_eval_names_a_missing_column(tmp_path: Path, config: Path) -> None:
     data.write_text("message,intent\nhello,other\n")
     result = runner.invoke(app, ["eval", "triage", "--csv", str(data), "--config", str(config)])
     assert result.exit_code == 2 and "no column(s) category, text" in result.output
+
+
+def test_serve_refuses_a_public_address_without_keys(config: Path) -> None:
+    result = runner.invoke(app, ["serve", "--config", str(config), "--host", "0.0.0.0"],
+                           env={"KEEL_API_KEYS": ""})
+    assert result.exit_code == 2 and "without API keys" in result.output

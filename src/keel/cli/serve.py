@@ -15,6 +15,9 @@ from keel.gateway import Keel
 from keel.server import create_app
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def serve(
     config: ConfigOpt = None,
     database: DatabaseOpt = None,
@@ -24,6 +27,9 @@ def serve(
 ) -> None:
     """Serve every feature of keel.yaml over HTTP (OpenAI-compatible API + feature API)."""
     settings = settings_for(config, database, host=host, port=port)
+    if not settings.api_keys and settings.host not in LOOPBACK:
+        fail(f"refusing to serve on {settings.host} without API keys: anyone who can reach it "
+             "could spend your model budget. Set KEEL_API_KEYS, or bind to 127.0.0.1")
     spec = load(settings)
     try:
         keel = Keel(spec, settings)
@@ -46,6 +52,9 @@ def serve(
             f"({', '.join(spec.features)}) on http://{settings.host}:{settings.port} "
             f"— events in {settings.database}", highlight=False,
         )
+        if not settings.api_keys:
+            console.print("no API keys set (KEEL_API_KEYS): open to this machine only",
+                          style="yellow", highlight=False)
         await server.serve()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

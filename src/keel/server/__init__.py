@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from keel.gateway import Keel
 from keel.server import errors, features, openai_compat
+from keel.server.auth import KeyAuth
 
 
 async def _call_feature(request: Request) -> Response:
@@ -52,4 +53,6 @@ def create_app(keel: Keel) -> FastAPI:
     async def circuits(request: Request) -> Response:
         return features.json_response({"circuits": keel.circuits.snapshot()})
 
+    if keel.settings.api_keys:
+        app.add_middleware(KeyAuth, keys=keel.settings.api_keys)
     return app

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from keel.errors import AllTargetsFailed, InvalidRequest
 from keel.gateway import Keel
+from keel.server.auth import request_key_id
 from keel.server.body import read_json_object
 from keel.server.schema import (
     ErrorBody,
@@ -92,7 +93,8 @@ async def call_feature(name: str, request: Request) -> Response:
     keel.pipeline.feature(name)  # 404 before the body is read
     data, size = await read_json_object(request, keel.settings.max_body_bytes)
     input, user = parse_envelope(data)
-    outcome = await keel.call(name, input, user=user, body_bytes=size)
+    outcome = await keel.call(name, input, user=user, key=request_key_id(request.scope),
+                              body_bytes=size)
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     return json_response(outcome_body(outcome), headers=keel_headers(outcome))

@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from keel.errors import InvalidRequest, NotFound
 from keel.feature import Feature
 from keel.gateway import Keel
+from keel.server.auth import request_key_id
 from keel.server.body import read_json_object
 from keel.server.features import ERRORS, _kind, failed_response, json_response
 from keel.server.schema import keel_headers, outcome_body
@@ -166,8 +167,11 @@ async def chat_completions(request: Request) -> Response:
     stream_options = data.get("stream_options") or {}
     include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
     if stream and feature.spec.output.kind in STREAMABLE:
-        return await _stream(keel, feature, input, options, user, size, include_usage)
-    outcome = await keel.call(feature.name, input, user=user, body_bytes=size, options=options)
+        return await _stream(keel, feature, input, options, user, request_key_id(request.scope),
+                             size, include_usage)
+    key = request_key_id(request.scope)
+    outcome = await keel.call(feature.name, input, user=user, key=key, body_bytes=size,
+                              options=options)
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     if stream:  # a classifier's answer is one piece: send it as a one-chunk stream
@@ -226,8 +230,8 @@ async def _whole_as_chunks(model: str, outcome: Outcome, include_usage: bool) ->
 
 
 async def _stream(keel: Keel, feature: Feature, input: dict[str, JSON], options: dict[str, JSON],
-                  user: str | None, size: int, include_usage: bool) -> Response:
-    events = keel.stream(feature.name, input, user=user, body_bytes=size, options=options)
+                  user: str | None, key: str | None, size: int, include_usage: bool) -> Response:
+    events = keel.stream(feature.name, input, user=user, key=key, body_bytes=size, options=options)
     try:
         start = await anext(events)  # failures before the first token are plain HTTP errors
     except StreamFailed as exc:
@@ -292,7 +296,7 @@ async def embeddings(request: Request) -> Response:
     if user is not None and not isinstance(user, str):
         raise InvalidRequest('"user" must be a string', param="user")
     outcome = await keel.call(feature.name, {"input": _texts(data.get("input"))}, user=user,
-                              body_bytes=size)
+                              key=request_key_id(request.scope), body_bytes=size)
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     vectors = outcome.output if isinstance(outcome.output, list) else []
