@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,47 @@ async def test_an_open_circuit_skips_the_target(tmp_path: Path) -> None:
         assert len(p1.requests) == 2  # the third call never reached p1
         (state,) = [c for c in keel.circuits.snapshot() if c["provider"] == "p1"]
         assert state["state"] == "open" and state["retry_in_s"] > 0
+
+
+async def held_keel(tmp_path: Path, timeout: float = 5.0) -> Keel:
+    feature = basic_feature(review={"mode": "held", "hold_timeout_s": timeout})
+    return Keel(spec_with(feature), settings_in(tmp_path))
+
+
+@pytest.mark.parametrize(("verdict", "output", "review"), [
+    ("approve", {"label": "b"}, "approved"),
+    ("edit", {"label": "a"}, "edited"),
+    ("reject", None, "rejected"),
+])
+async def test_held_review_returns_the_reviewers_verdict(tmp_path: Path, verdict: str,
+                                                         output: object, review: str) -> None:
+    from keel.stages.hold import FinalVerdict
+    async with await held_keel(tmp_path) as keel:
+        scripted(keel, "p1").script = [Completion(output={"label": "b"}, confidence=0.3)]
+        call = asyncio.create_task(keel.call("f", {"text": "x"}, trace_id="held-1"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if keel.pipeline.hub.waiting:
+                break
+        keel.writer.flush()
+        assert keel.store.pending_reviews("f") == 1  # visible to reviewers while it waits
+        keel.pipeline.hub.resolve("held-1", FinalVerdict(verdict, output, ["ann"]))  # type: ignore[arg-type]
+        outcome = await call
+        assert outcome.decision is Decision.REVIEW and outcome.review == review
+        assert outcome.reviewed
+        assert outcome.output == (output if verdict != "reject" else {"label": "unknown"})
+        assert "hold" in outcome.timings_ms
+
+
+async def test_held_review_times_out_to_the_safe_default(tmp_path: Path) -> None:
+    async with await held_keel(tmp_path, timeout=0.05) as keel:
+        scripted(keel, "p1").script = [Completion(output={"label": "b"}, confidence=0.3)]
+        outcome = await keel.call("f", {"text": "x"})
+        assert outcome.review == "timed_out" and outcome.output == {"label": "unknown"}
+        assert not outcome.reviewed
+
+
+async def test_deferred_review_answers_now(scripted_keel: Keel) -> None:
+    scripted(scripted_keel, "p1").script = [Completion(output={"label": "b"}, confidence=0.3)]
+    outcome = await scripted_keel.call("f", {"text": "x"})
+    assert outcome.review == "pending" and outcome.output == {"label": "b"}

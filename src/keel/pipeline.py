@@ -24,6 +24,7 @@ from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.stages.checks import run_checks
 from keel.stages.decide import decide
+from keel.stages.hold import ReviewHub
 from keel.stages.invoke import invoke_target
 from keel.stages.validate import run_validators
 from keel.streaming import StreamStart, stream_call
@@ -35,6 +36,7 @@ from keel.types import (
     Event,
     OnFail,
     Outcome,
+    ReviewRequest,
     Usage,
     ValidationResult,
 )
@@ -44,14 +46,16 @@ class Pipeline:
     def __init__(
         self,
         features: Mapping[str, Feature],
-        record: Callable[[Event], None],
+        record: Callable[[Event | ReviewRequest], None],
         pricing: Pricing,
         *,
+        hub: ReviewHub | None = None,
         store_payloads: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.features = features
         self._record = record
+        self.hub = hub or ReviewHub()
         self.pricing = pricing
         self._store_payloads = store_payloads
         self.rng = rng or random.Random()
@@ -159,8 +163,39 @@ class Pipeline:
                 else completion.finish_reason,
             )
         timings["decide"] = _ms(t_dec)
+        if outcome.decision is Decision.REVIEW:
+            await self._review(feature, call, outcome, timings)
         self.emit(call, start, timings, outcome)
         return outcome
+
+    def queue_review(self, feature: Feature, call: Call, outcome: Outcome, mode: str) -> None:
+        spec = feature.spec.review
+        self._record(ReviewRequest(
+            trace_id=call.trace_id, ts=time.time(), feature=feature.name,
+            version=outcome.version, mode=mode, confidence=outcome.confidence,
+            reason=outcome.reason, input=call.input, output=outcome.output,
+            validations=outcome.validations, overlap=spec.overlap))
+
+    async def _review(self, feature: Feature, call: Call, outcome: Outcome,
+                      timings: dict[str, float]) -> None:
+        """Queue the output for people; for held review, wait for their verdict."""
+        spec = feature.spec.review
+        self.queue_review(feature, call, outcome, spec.mode)
+        if spec.mode == "deferred":
+            outcome.review = "pending"
+            return
+        t = time.perf_counter()
+        final = await self.hub.wait(call.trace_id, spec.hold_timeout_s)
+        timings["hold"] = _ms(t)
+        if final is None:
+            outcome.review, outcome.output = "timed_out", feature.spec.safe_default
+            return
+        outcome.reviewed = True
+        if final.verdict == "reject":
+            outcome.review, outcome.output = "rejected", feature.spec.safe_default
+        else:
+            outcome.review = "approved" if final.verdict == "approve" else "edited"
+            outcome.output = final.output
 
     def emit(self, call: Call, start: float, timings: dict[str, float], outcome: Outcome) -> None:
         t = time.perf_counter()

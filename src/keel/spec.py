@@ -173,6 +173,21 @@ class PolicySpec(_Strict):
         return self
 
 
+class ReviewSpec(_Strict):
+    """How outputs decided ``review`` reach people.
+
+    deferred: the caller gets the output now, marked unreviewed; the verdict is for
+    learning. held: the caller waits up to ``hold_timeout_s`` for a verdict, then gets
+    the safe default, and is told which happened."""
+
+    mode: Literal["deferred", "held"] = "deferred"
+    hold_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    overlap: int = Field(default=1, ge=1, le=10, description="reviewers per item")
+    order: Literal["confidence", "oldest"] = "confidence"
+    lease_s: float = Field(default=600.0, gt=0, description="how long an assignment holds")
+    dataset: str | None = Field(default=None, description="where verdicts go; default '<feature>-reviews'")
+
+
 class RetrySpec(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
     backoff_s: float = Field(default=0.05, ge=0)
@@ -208,6 +223,7 @@ class FeatureSpec(_Strict):
     validators: list[ValidatorSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
     safe_default: JSON = None
 
     @model_validator(mode="before")

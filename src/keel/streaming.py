@@ -181,6 +181,9 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
             usage=acc.usage, attempts=attempts, validations=validations, reason=verdict.reason,
             finish_reason=acc.finish_reason or "stop",
         )
+        if outcome.decision is Decision.REVIEW:  # already streamed: held review cannot apply
+            pipeline.queue_review(feature, call, outcome, "deferred")
+            outcome.review = "pending"
         pipeline.emit(call, start, timings, outcome)
         yield outcome
         return

@@ -155,6 +155,26 @@ class Outcome:
     error: str | None = None
     finish_reason: str | None = None
     retry_after: float | None = None  # when every target was rate-limited
+    # review decisions: "pending" (deferred: answered now, verdict later); held calls:
+    # "approved", "edited", "rejected" or "timed_out" (the safe default was returned)
+    review: str | None = None
+
+
+@dataclass(slots=True)
+class ReviewRequest:
+    """An output the decide stage sent to people: what the review queue stores."""
+
+    trace_id: str
+    ts: float
+    feature: str
+    version: str | None
+    mode: str  # deferred | held
+    confidence: float | None
+    reason: str | None
+    input: JSON
+    output: JSON
+    validations: list[ValidationResult]
+    overlap: int = 1
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ async def test_feature_call_returns_the_documented_fields(client: httpx.AsyncCli
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"trace_id", "feature", "version", "output", "decision", "confidence",
-                         "reviewed", "reason", "cost_usd", "usage", "timings_ms", "attempts",
+                         "reviewed", "review", "reason", "cost_usd", "usage", "timings_ms", "attempts",
                          "validations"}
     assert body["output"] == {"label": "a"} and body["decision"] == "accepted"
     assert r.headers["x-keel-trace-id"] == body["trace_id"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keel.stages.record import EventWriter
 from keel.store import SQLiteStore
-from keel.types import Decision, Event
+from keel.types import Decision, Event, ReviewRequest
 
 
 def event(i: int, decision: Decision = Decision.ACCEPTED) -> Event:
@@ -25,12 +25,20 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     assert store.migrate() == []
 
 
+def review(i: int) -> ReviewRequest:
+    return ReviewRequest(trace_id=f"t{i}", ts=time.time(), feature="f", version="v1",
+                         mode="deferred", confidence=0.4, reason="low", input={"text": "x"},
+                         output={"label": "a"}, validations=[])
+
+
 def test_close_drains_everything_submitted(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "k.db")
     store.migrate()
     writer = EventWriter(store, batch_size=64)
     writer.start()
     for i in range(5000):
+        if i % 10 == 0:
+            writer.submit(review(i))
         writer.submit(event(i, Decision.REVIEW if i % 10 == 0 else Decision.ACCEPTED))
     writer.close()
     assert store.count_events() == 5000

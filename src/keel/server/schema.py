@@ -48,6 +48,8 @@ class FeatureResponse(BaseModel):
     decision: str = Field(description="accepted | repaired | fallback | review | refused | error")
     confidence: float | None = Field(description="0..1 from the model; null when unknown")
     reviewed: bool = Field(description="false while a human has not confirmed the output")
+    review: str | None = Field(description="for decision review: pending (deferred), or for "
+                               "held review approved, edited, rejected or timed_out")
     reason: str | None = Field(description="why the decision is not plain accepted")
     cost_usd: float | None = Field(description="null when the model's price is unknown")
     usage: UsageBody
@@ -76,6 +78,7 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
         "decision": outcome.decision,
         "confidence": outcome.confidence,
         "reviewed": outcome.reviewed,
+        "review": outcome.review,
         "reason": outcome.reason,
         "cost_usd": outcome.cost_usd,
         "usage": {

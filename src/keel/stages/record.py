@@ -24,7 +24,9 @@ from pathlib import Path
 import orjson
 
 from keel.store.sqlite import SQLiteStore
-from keel.types import Event
+from keel.types import Event, ReviewRequest
+
+Record = Event | ReviewRequest
 
 log = logging.getLogger("keel.record")
 
@@ -45,7 +47,7 @@ class EventWriter:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="keel-event-writer", daemon=True)
         self._closed = False
-        self._pending: list[Event] = []
+        self._pending: list[Record] = []
         self._handoff_scheduled = False
         self.written = 0
         self.spilled = 0
@@ -54,7 +56,7 @@ class EventWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, event: Event) -> None:
+    def submit(self, event: Record) -> None:
         if self._closed:
             raise RuntimeError("event writer is closed")
         self._pending.append(event)
@@ -101,7 +103,7 @@ class EventWriter:
                         return
                 else:
                     item = self._queue.get()
-                batch: list[Event] = []
+                batch: list[Record] = []
                 markers: list[_Flush] = []
                 while True:
                     if item is _STOP:
@@ -124,10 +126,14 @@ class EventWriter:
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[Event]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[Record]) -> None:
+        events = [r for r in batch if isinstance(r, Event)]
+        reviews = [r for r in batch if isinstance(r, ReviewRequest)]
         for attempt in range(self._retries):
             try:
-                self._store.write_events(conn, batch)
+                if reviews:  # before the events: a held caller's item must show up first
+                    self._store.write_reviews(conn, reviews)
+                self._store.write_events(conn, events)
                 self.written += len(batch)
                 return
             except sqlite3.Error as exc:
@@ -135,10 +141,10 @@ class EventWriter:
                 time.sleep(0.05 * 2**attempt)
         self._spill(batch)
 
-    def _spill(self, batch: list[Event]) -> None:
+    def _spill(self, batch: list[Record]) -> None:
         path = Path(self.spill_path)
         with path.open("ab") as f:
             for event in batch:
-                f.write(orjson.dumps(asdict(event)) + b"\n")
+                f.write(orjson.dumps({"kind": type(event).__name__, **asdict(event)}) + b"\n")
         self.spilled += len(batch)
         log.error("store unavailable: %d events spilled to %s", len(batch), path)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from keel.store.migrations import MIGRATIONS
-from keel.types import Decision, Event
+from keel.types import Event, ReviewRequest
 
 
 def _dumps(value: Any) -> str:
@@ -76,21 +76,23 @@ class SQLiteStore:
             )
             for e in events
         ]
-        reviews = [
-            (e.trace_id, e.ts, e.feature, e.version, e.confidence, e.reason)
-            for e in events
-            if e.decision is Decision.REVIEW
-        ]
         with conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
-            if reviews:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO reviews (trace_id, ts, feature, version, confidence, reason)"
-                    " VALUES (?,?,?,?,?,?)",
-                    reviews,
-                )
+
+    @staticmethod
+    def write_reviews(conn: sqlite3.Connection, items: Sequence[ReviewRequest]) -> None:
+        rows = [
+            (r.trace_id, r.ts, r.feature, r.version, r.mode, r.confidence, r.reason,
+             _dumps(r.input), _dumps(r.output), _dumps(r.validations), r.overlap)
+            for r in items
+        ]
+        with conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO review_items (trace_id, ts, feature, version, mode,"
+                " confidence, reason, input, output, validations, overlap)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def recent_events(self, limit: int = 20, feature: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM events"
@@ -121,7 +123,7 @@ class SQLiteStore:
 
     def pending_reviews(self, feature: str | None = None) -> int:
         with self._reading() as conn:
-            sql = "SELECT COUNT(*) FROM reviews WHERE status = 'pending'"
+            sql = "SELECT COUNT(*) FROM review_items WHERE status = 'pending'"
             row = conn.execute(sql + (" AND feature = ?" if feature else ""),
                                (feature,) if feature else ()).fetchone()
         return int(row[0])

@@ -37,16 +37,45 @@ MIGRATIONS: list[tuple[str, str]] = [
     (
         "002_reviews",
         """
-        CREATE TABLE reviews (
+        CREATE TABLE review_items (
             trace_id TEXT PRIMARY KEY,
             ts DOUBLE PRECISION NOT NULL,
             feature TEXT NOT NULL,
             version TEXT,
+            mode TEXT NOT NULL,
             confidence DOUBLE PRECISION,
             reason TEXT,
-            status TEXT NOT NULL DEFAULT 'pending'
+            input TEXT,
+            output TEXT,
+            validations TEXT NOT NULL,
+            overlap INTEGER NOT NULL DEFAULT 1,
+            status TEXT NOT NULL DEFAULT 'pending',
+            assigned_to TEXT,
+            assigned_until DOUBLE PRECISION,
+            final_verdict TEXT,
+            final_output TEXT,
+            decided_at DOUBLE PRECISION
         );
-        CREATE INDEX reviews_feature_status ON reviews (feature, status, ts);
+        CREATE INDEX review_items_queue ON review_items (feature, status, confidence, ts);
+        CREATE TABLE review_verdicts (
+            trace_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            output TEXT,
+            reason TEXT,
+            ts DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (trace_id, reviewer)
+        );
+        CREATE TABLE dataset_examples (
+            dataset TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            input TEXT NOT NULL,
+            expected TEXT,
+            metadata TEXT NOT NULL,
+            provenance TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (dataset, example_id)
+        );
         """,
     ),
 ]
