@@ -5,15 +5,18 @@ and one provider request template per version. Nothing here runs per call except
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from keel.providers.base import Provider, ProviderRequest
 from keel.spec import FeatureSpec, KeelSpec, ProviderSpec
 from keel.stages.checks import Check, build_checks
 from keel.stages.circuit import CircuitBreaker, Circuits, CircuitSettings
+from keel.stages.guards import CustomCheck, Guard, build_guards
 from keel.stages.route import Router
 from keel.stages.validate import Validator, build_validators
+from keel.stages.validate.custom import CustomValidator
+from keel.stages.validate.grounded import Embed
 from keel.types import JSON
 
 LOCAL = ProviderSpec(type="local", timeout_s=30.0)
@@ -30,11 +33,16 @@ class Target:
 
 class Feature:
     def __init__(self, name: str, spec: FeatureSpec, root: KeelSpec,
-                 providers: Mapping[str, Provider], circuits: Circuits) -> None:
+                 providers: Mapping[str, Provider], circuits: Circuits,
+                 custom_checks: Mapping[str, CustomCheck] | None = None,
+                 count_tokens: Callable[[str], int] | None = None,
+                 custom_validators: Mapping[str, CustomValidator] | None = None,
+                 embed: Embed | None = None) -> None:
         self.name = name
         self.spec = spec
         self.checks: list[Check] = build_checks(spec)
-        self.validators: list[Validator] = build_validators(spec)
+        self.guards: list[Guard] = build_guards(spec, custom_checks or {}, count_tokens)
+        self.validators: list[Validator] = build_validators(spec, custom_validators, embed)
         self.router = Router(spec.aliases, spec.fallbacks)
         self.targets: dict[str, Target] = {}
         for vname, version in spec.versions.items():

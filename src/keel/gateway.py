@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import anyio.from_thread
+import numpy as np
+import numpy.typing as npt
 
 from keel.errors import ConfigError, KeelError
 from keel.feature import Feature
 from keel.pipeline import Pipeline
 from keel.pricing import Pricing
-from keel.providers import Provider, build_provider
+from keel.providers import Provider, ProviderRequest, build_provider
 from keel.settings import Settings
 from keel.spec import KeelSpec, ProviderSpec, load_spec
 from keel.stages.circuit import Circuits
+from keel.stages.guards import CustomCheck
 from keel.stages.record import EventWriter
+from keel.stages.validate.custom import CustomValidator
+from keel.stages.validate.grounded import Embed
 from keel.store import SQLiteStore
 from keel.streaming import StreamStart
 from keel.types import JSON, Call, Delta, Outcome
@@ -39,22 +44,56 @@ class TraceIds:
         return f"{self._rng.getrandbits(128):032x}"
 
 
+def token_counter() -> Callable[[str], int]:
+    """Token counts with the embedded model's tokenizer (loaded once, here)."""
+    from tokenizers import Tokenizer
+
+    from keel.providers.local.embedder import tokenizer_path
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def local_embedder(provider: Provider) -> Embed:
+    """Embeddings from the local provider, for validators (groundedness)."""
+    request = ProviderRequest("_validators", "_", "all-MiniLM-L6-v2", {}, "embedding", 30.0)
+
+    async def embed(texts: list[str]) -> npt.NDArray[np.float32]:
+        result = await provider.embed(request, texts)
+        return np.asarray(result.vectors, dtype=np.float32)
+
+    return embed
+
+
 class Keel:
-    def __init__(self, spec: KeelSpec, settings: Settings | None = None) -> None:
+    def __init__(self, spec: KeelSpec, settings: Settings | None = None, *,
+                 checks: Mapping[str, CustomCheck] | None = None,
+                 validators: Mapping[str, CustomValidator] | None = None) -> None:
+        """``checks`` / ``validators``: custom input checks and output validators by name,
+        for ``{type: custom, name: ...}`` in keel.yaml."""
         self.settings = settings or Settings()
         self.spec = spec
         self.store = SQLiteStore(self.settings.database)
         self.writer = EventWriter(self.store, batch_size=self.settings.event_batch_size)
         provider_specs = {"local": ProviderSpec(type="local"), **spec.providers}
         used = {v.provider for f in spec.features.values() for v in f.versions.values()}
+        grounded = any(v.type == "groundedness" for f in spec.features.values() for v in f.validators)
+        if grounded:
+            used.add("local")  # groundedness embeds with the local model
         self.providers: dict[str, Provider] = {
             name: build_provider(name, pspec, self.settings.extra_provider_types)
             for name, pspec in provider_specs.items()
             if name in used
         }
         self.circuits = Circuits()
+        needs_tokens = any(c.type == "tokens" for f in spec.features.values() for c in f.checks)
+        count_tokens = token_counter() if needs_tokens else None
+        embed = local_embedder(self.providers["local"]) if grounded else None
         self.features = {
-            name: Feature(name, fspec, spec, self.providers, self.circuits)
+            name: Feature(name, fspec, spec, self.providers, self.circuits, checks, count_tokens,
+                          validators, embed)
             for name, fspec in spec.features.items()
         }
         self.pricing = Pricing(spec.pricing)

@@ -24,6 +24,7 @@ from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.stages.checks import run_checks
 from keel.stages.decide import decide
+from keel.stages.guards import run_guards
 from keel.stages.hold import ReviewHub
 from keel.stages.invoke import invoke_target
 from keel.stages.validate import run_validators
@@ -87,6 +88,22 @@ class Pipeline:
             raise
         t = clock()
         timings["checks"] = _ms(start, t)
+        guarded = None
+        if feature.guards:
+            guarded = await run_guards(feature.guards, call.input)
+            call.input = guarded.input  # redacted: the model, the event and reviewers see this
+            t2 = clock()
+            timings["guards"] = _ms(t, t2)
+            t = t2
+            if guarded.refused is not None:
+                outcome = Outcome(
+                    trace_id=call.trace_id, feature=feature.name, version=None,
+                    output=feature.spec.safe_default, decision=Decision.REFUSED, confidence=None,
+                    timings_ms=timings, cost_usd=0.0, usage=Usage(), attempts=[], validations=[],
+                    reason=guarded.refused, finish_reason="content_filter",
+                    checks=guarded.results)
+                self.emit(call, start, timings, outcome)
+                return outcome
 
         route = feature.router.route(call)
         t2 = clock()
@@ -118,7 +135,8 @@ class Pipeline:
             attempt_cost = self.pricing.cost_usd(
                 target.provider_type, feature.spec.versions[version], completion.usage)
             cost = None if cost is None or attempt_cost is None else cost + attempt_cost
-            validations, output = run_validators(feature.validators, completion.output)
+            validations, output = await run_validators(feature.validators, completion.output,
+                                                       call.input)
             validate_ms += _ms(t_val)
             more_targets = index + 1 < len(route.versions)
             sent_on = next(
@@ -163,6 +181,10 @@ class Pipeline:
                 else completion.finish_reason,
             )
         timings["decide"] = _ms(t_dec)
+        if guarded is not None:
+            outcome.checks = guarded.results
+            if guarded.review and outcome.decision in _USABLE:
+                outcome.decision, outcome.reason = Decision.REVIEW, guarded.review
         if outcome.decision is Decision.REVIEW:
             await self._review(feature, call, outcome, timings)
         self.emit(call, start, timings, outcome)
@@ -216,9 +238,12 @@ class Pipeline:
                 input=call.input if self._store_payloads else None,
                 output=outcome.output if keep_output else None,
                 user=call.user, key=call.key, reason=outcome.reason,
-                error_code=outcome.error_code,
+                error_code=outcome.error_code, checks=outcome.checks,
             )
         )
+
+
+_USABLE = frozenset({Decision.ACCEPTED, Decision.REPAIRED, Decision.FALLBACK})
 
 
 def _failed(call: Call, feature: str, exc: RequestError, timings: dict[str, float]) -> Outcome:

@@ -98,6 +98,54 @@ class OutputSpec(_Strict):
     )
 
 
+class _CheckBase(_Strict):
+    """An input guard: runs before any model, concurrently with the others, each with a
+    time limit. ``fail`` says what a guard that errs or overruns means: ``open`` lets
+    the call through (the failure is recorded), ``closed`` refuses it."""
+
+    action: Literal["refuse", "review", "log"] = "refuse"
+    timeout_s: float = Field(default=0.1, gt=0, le=30)
+    fail: Literal["open", "closed"] = "open"
+
+
+class PiiCheckSpec(_CheckBase):
+    type: Literal["pii"]
+    action: Literal["redact", "refuse", "review", "log"] = "redact"  # type: ignore[assignment]
+    kinds: list[Literal["email", "phone", "card", "iban", "national_id"]] | None = None
+
+
+class InjectionCheckSpec(_CheckBase):
+    type: Literal["injection"]
+    threshold: float = Field(default=0.5, gt=0, le=1)
+
+
+class LanguageCheckSpec(_CheckBase):
+    type: Literal["language"]
+    allowed: list[str] = Field(min_length=1, description="ISO 639-1 codes, e.g. [en, de]")
+    min_confidence: float = Field(default=0.5, ge=0, le=1, description="below: not judged")
+
+
+class EncodingCheckSpec(_CheckBase):
+    type: Literal["encoding"]
+
+
+class TokensCheckSpec(_CheckBase):
+    type: Literal["tokens"]
+    max_tokens: int = Field(ge=1, description="counted with the local model's tokenizer")
+
+
+class CustomCheckSpec(_CheckBase):
+    type: Literal["custom"]
+    name: str = Field(description="a check registered on the Keel object, or module:function")
+
+
+CheckSpec = Annotated[
+    PiiCheckSpec | InjectionCheckSpec | LanguageCheckSpec | EncodingCheckSpec | TokensCheckSpec
+    | CustomCheckSpec,
+    Field(discriminator="type"),
+]
+
+
 class _ValidatorBase(_Strict):
     on_fail: OnFail = OnFail.REFUSE
 
@@ -148,8 +196,52 @@ class LengthValidatorSpec(_ValidatorBase):
     field: str | None = None
 
 
+class PiiValidatorSpec(_ValidatorBase):
+    """Personal data leaking into the output; repair redacts it."""
+
+    type: Literal["pii"]
+    kinds: list[Literal["email", "phone", "card", "iban", "national_id"]] | None = None
+    field: str | None = None
+
+
+class BannedTermsValidatorSpec(_ValidatorBase):
+    """Words the output must not contain; repair masks them."""
+
+    type: Literal["banned_terms"]
+    terms: list[str] = Field(min_length=1)
+    whole_words: bool = True
+    case_sensitive: bool = False
+    field: str | None = None
+
+
+class GroundednessValidatorSpec(_ValidatorBase):
+    """Every sentence of the output must be supported by the supplied context: its
+    embedding (local model) close enough to some passage of it."""
+
+    type: Literal["groundedness"]
+    context_field: str = Field(default="context", description="input field with the source text")
+    threshold: float = Field(default=0.5, gt=0, le=1, description="min cosine per sentence")
+    field: str | None = None
+
+
+class PydanticValidatorSpec(_ValidatorBase):
+    """The output must validate as a pydantic model (``module:Model``)."""
+
+    type: Literal["pydantic"]
+    model: str
+
+
+class CustomValidatorSpec(_ValidatorBase):
+    """A validator registered on the Keel object by name, or ``module:function``."""
+
+    type: Literal["custom"]
+    name: str
+
+
 ValidatorSpec = Annotated[
-    JsonSchemaValidatorSpec | AllowedLabelsValidatorSpec | RegexValidatorSpec | LengthValidatorSpec,
+    JsonSchemaValidatorSpec | AllowedLabelsValidatorSpec | RegexValidatorSpec | LengthValidatorSpec
+    | PiiValidatorSpec | BannedTermsValidatorSpec | GroundednessValidatorSpec
+    | PydanticValidatorSpec | CustomValidatorSpec,
     Field(discriminator="type"),
 ]
 
@@ -220,6 +312,7 @@ class FeatureSpec(_Strict):
     versions: dict[str, VersionSpec]
     aliases: dict[str, str]
     fallbacks: list[str] = Field(default_factory=list)
+    checks: list[CheckSpec] = Field(default_factory=list)
     validators: list[ValidatorSpec] = Field(default_factory=list)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
@@ -323,7 +416,9 @@ def _format_validation(file: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         # drop the discriminator tag pydantic adds for tagged unions
-        loc = tuple(p for p in err["loc"] if p not in {"json_schema", "allowed_labels", "regex", "length"} or p == err["loc"][-1])
+        tags = {"json_schema", "allowed_labels", "regex", "length", "pii", "banned_terms",
+                "groundedness", "pydantic", "custom", "injection", "language", "encoding", "tokens"}
+        loc = tuple(p for p in err["loc"] if p not in tags or p == err["loc"][-1])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see README: keel.yaml reference)"

@@ -169,7 +169,7 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
         attempts.append(Attempt(version, target.provider.name, True, _ms(began)))
         t_val = clock()
         output = acc.output(request.output_kind)
-        validations, output = run_validators(feature.validators, output)
+        validations, output = await run_validators(feature.validators, output, call.input)
         timings["validate"] = _ms(t_val)
         verdict = decide(output, None, validations, feature.spec.policy, feature.spec.safe_default,
                          from_fallback=index > 0)

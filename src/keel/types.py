@@ -158,6 +158,7 @@ class Outcome:
     # review decisions: "pending" (deferred: answered now, verdict later); held calls:
     # "approved", "edited", "rejected" or "timed_out" (the safe default was returned)
     review: str | None = None
+    checks: list[Any] = field(default_factory=list)  # input guards' CheckResults
 
 
 @dataclass(slots=True)
@@ -200,3 +201,4 @@ class Event:
     key: str | None = None
     reason: str | None = None
     error_code: str | None = None
+    checks: list[Any] = field(default_factory=list)

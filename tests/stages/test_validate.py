@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from keel.spec import FeatureSpec
 from keel.stages.validate import build_validators, run_validators
 from keel.stages.validate.json_schema import extract_json
@@ -16,7 +18,7 @@ def validators(*specs: dict[str, object], labels: list[str] | None = None) -> Fe
 
 
 def run(spec: FeatureSpec, output: object) -> tuple[list, object]:
-    return run_validators(build_validators(spec), output)
+    return asyncio.run(run_validators(build_validators(spec), output))
 
 
 def test_allowed_labels_pass_and_fail() -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from keel.stages.record import EventWriter
+from keel.store.migrations import MIGRATIONS
 from keel.store import SQLiteStore
 from keel.types import Decision, Event, ReviewRequest
 
@@ -21,7 +22,7 @@ def event(i: int, decision: Decision = Decision.ACCEPTED) -> Event:
 
 def test_migrations_apply_once(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "k.db")
-    assert store.migrate() == ["001_events", "002_reviews"]
+    assert store.migrate() == [name for name, _ in MIGRATIONS]
     assert store.migrate() == []
 
 

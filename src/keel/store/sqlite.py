@@ -72,13 +72,13 @@ class SQLiteStore:
                 e.trace_id, e.ts, e.feature, e.version, str(e.decision), e.confidence,
                 e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
                 e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
-                _dumps(e.validations), _dumps(e.input), _dumps(e.output),
+                _dumps(e.validations), _dumps(e.input), _dumps(e.output), _dumps(e.checks),
             )
             for e in events
         ]
         with conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
 
     @staticmethod
@@ -107,7 +107,7 @@ class SQLiteStore:
         out = []
         for row in rows:
             item = dict(row)
-            for key in ("timings", "attempts", "validations", "input", "output"):
+            for key in ("timings", "attempts", "validations", "input", "output", "checks"):
                 if item[key] is not None:
                     item[key] = orjson.loads(item[key])
             out.append(item)

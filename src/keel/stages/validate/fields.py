@@ -16,3 +16,13 @@ def field_text(output: JSON, field: str | None) -> str | None:
     else:
         value = None
     return value if isinstance(value, str) else None
+
+
+def replace_text(output: JSON, field: str | None, text: str) -> JSON:
+    """``output`` with the string :func:`field_text` reads replaced by ``text``."""
+    if isinstance(output, str):
+        return text
+    if isinstance(output, dict):
+        key = field or next((k for k in ("text", "label", "content") if k in output), "text")
+        return {**output, key: text}
+    return output

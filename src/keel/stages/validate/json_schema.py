@@ -38,7 +38,7 @@ class JsonSchemaValidator:
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         return None if error is None else error.message
 
-    def __call__(self, output: JSON) -> ValidationResult:
+    def __call__(self, output: JSON, input: JSON = None) -> ValidationResult:
         if isinstance(output, str):
             parsed = extract_json(output) if self.on_fail is OnFail.REPAIR else None
             repaired = parsed if parsed is not None and self._problem(parsed) is None else None

@@ -20,7 +20,7 @@ class AllowedLabelsValidator:
         self._labels = frozenset(labels)
         self._by_norm = {_norm(label): label for label in labels}
 
-    def __call__(self, output: JSON) -> ValidationResult:
+    def __call__(self, output: JSON, input: JSON = None) -> ValidationResult:
         label = output.get("label") if isinstance(output, dict) else None
         if isinstance(label, str) and label in self._labels:
             return ValidationResult(self.name, True, self.on_fail)

@@ -16,7 +16,7 @@ class LengthValidator:
         self._max = spec.max_chars
         self._field = spec.field
 
-    def __call__(self, output: JSON) -> ValidationResult:
+    def __call__(self, output: JSON, input: JSON = None) -> ValidationResult:
         text = field_text(output, self._field)
         if text is None:
             return ValidationResult(self.name, False, self.on_fail, "no text to measure")

@@ -18,7 +18,7 @@ class RegexValidator:
         self._field = spec.field
         self._must_match = spec.must_match
 
-    def __call__(self, output: JSON) -> ValidationResult:
+    def __call__(self, output: JSON, input: JSON = None) -> ValidationResult:
         text = field_text(output, self._field)
         if text is None:
             return ValidationResult(self.name, False, self.on_fail, "no text to match")

@@ -28,7 +28,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             attempts TEXT NOT NULL,
             validations TEXT NOT NULL,
             input TEXT,
-            output TEXT
+            output TEXT,
+            checks TEXT
         );
         CREATE INDEX events_ts ON events (ts);
         CREATE INDEX events_feature_ts ON events (feature, ts);
@@ -76,6 +77,25 @@ MIGRATIONS: list[tuple[str, str]] = [
             ts DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (dataset, example_id)
         );
+        """,
+    ),
+    (
+        "003_review_claims",
+        # one row per live assignment of an item to a reviewer: with overlap n an item
+        # is handed to up to n reviewers at once (review_items.assigned_to keeps the
+        # latest, for display). Rows go when the reviewer votes or the item closes;
+        # expired ones (until < now) no longer count.
+        """
+        CREATE TABLE review_claims (
+            trace_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            until DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (trace_id, reviewer)
+        );
+        CREATE INDEX review_claims_reviewer ON review_claims (reviewer, until);
+        CREATE INDEX review_items_status_ts ON review_items (status, ts);
+        CREATE INDEX review_items_feature_status_ts ON review_items (feature, status, ts);
+        CREATE INDEX review_items_status_confidence ON review_items (status, confidence, ts);
         """,
     ),
 ]
