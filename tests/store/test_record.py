@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from keel.stages.record import EventWriter
-from keel.store.migrations import MIGRATIONS
 from keel.store import SQLiteStore
+from keel.store.migrations import MIGRATIONS
 from keel.types import Decision, Event, ReviewRequest
 
 
