@@ -25,6 +25,7 @@ from keel.settings import Settings
 from keel.spec import KeelSpec, ProviderSpec, load_spec
 from keel.stages.circuit import Circuits
 from keel.stages.guards import CustomCheck
+from keel.stages.hold import ReviewHub
 from keel.stages.record import EventWriter
 from keel.stages.validate.custom import CustomValidator
 from keel.stages.validate.grounded import Embed
@@ -115,6 +116,12 @@ class Keel:
             return
         self.store.migrate()
         self.writer.start()
+        if any(f.spec.review.mode == "held" for f in self.features.values()):
+            # a verdict given in another process (keel review, another worker) reaches a
+            # held caller through the store
+            from keel.control.reviews import ReviewQueue
+
+            self.pipeline.hub = ReviewHub(poll=ReviewQueue(self).poll)
         try:
             for name, provider in self.providers.items():
                 try:

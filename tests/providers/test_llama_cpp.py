@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the `llm` extra is not installed (make install-llm)")
 
-from keel.errors import ConfigError, ProviderRejected  # noqa: E402
-from keel.providers.base import ProviderRequest  # noqa: E402
-from keel.providers.llama_cpp import LlamaCppProvider, default_model_path  # noqa: E402
-from keel.spec import ProviderSpec  # noqa: E402
-from keel.types import Delta  # noqa: E402
+from keel.errors import ConfigError, ProviderRejected
+from keel.providers.base import ProviderRequest
+from keel.providers.llama_cpp import LlamaCppProvider, default_model_path
+from keel.spec import ProviderSpec
+from keel.types import Delta
 
 
 @pytest.fixture
@@ -60,5 +60,5 @@ def test_bad_options_and_paths() -> None:
 
 async def test_a_missing_model_file_is_a_config_error() -> None:
     p = LlamaCppProvider("llama", ProviderSpec(type="llama_cpp", options={"model_path": "/nope.gguf"}))
-    with pytest.raises(ConfigError, match="no file at /nope.gguf"):
+    with pytest.raises(ConfigError, match=r"no file at /nope\.gguf"):
         await p.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli import call, check, evaluate, events, serve
+from keel.cli import call, check, evaluate, events, review, serve
 
 app = typer.Typer(
     name="keel",
@@ -18,6 +18,7 @@ app.command("call")(call.call)
 app.command("check")(check.check)
 app.command("events")(events.events)
 app.command("eval")(evaluate.evaluate)
+app.add_typer(review.app, name="review")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.gateway import Keel
-from keel.server import errors, features, openai_compat, pages
+from keel.server import errors, features, openai_compat, pages, reviews
 from keel.server.auth import KeyAuth
 
 
@@ -37,6 +37,7 @@ def create_app(keel: Keel) -> FastAPI:
     app.include_router(features.router)
     app.include_router(openai_compat.router)
     app.include_router(pages.router)
+    app.include_router(reviews.router)
     # The hot routes are also served as plain Starlette routes ahead of FastAPI's, which
     # skips its per-request dependency machinery (~170 µs); the FastAPI routes stay for
     # the OpenAPI document. The handlers read and write raw bodies either way.
