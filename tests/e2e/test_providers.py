@@ -7,7 +7,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest

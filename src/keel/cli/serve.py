@@ -14,7 +14,6 @@ from keel.errors import KeelError
 from keel.gateway import Keel
 from keel.server import create_app
 
-
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 

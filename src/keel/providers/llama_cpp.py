@@ -135,7 +135,7 @@ class LlamaCppProvider:
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            except Exception as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
