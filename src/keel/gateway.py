@@ -30,6 +30,7 @@ from keel.stages.record import EventWriter
 from keel.stages.validate.custom import CustomValidator
 from keel.stages.validate.grounded import Embed
 from keel.store import SQLiteStore
+from keel.store.policy import policy_overrides
 from keel.streaming import StreamStart
 from keel.types import JSON, Call, Delta, Outcome
 
@@ -115,6 +116,7 @@ class Keel:
         if self._started:
             return
         self.store.migrate()
+        self.apply_policy_overrides()
         self.writer.start()
         if any(f.spec.review.mode == "held" for f in self.features.values()):
             # a verdict given in another process (keel review, another worker) reaches a
@@ -138,6 +140,18 @@ class Keel:
             await self.close()
             raise
         self._started = True
+
+    def apply_policy_overrides(self) -> None:
+        """Thresholds changed through the control plane (keel calibrate --apply) win over
+        keel.yaml's; the changes and their history are in the store."""
+        for name, fields in policy_overrides(self.store).items():
+            feature = self.features.get(name)
+            if feature is None:
+                continue
+            policy = feature.spec.policy.model_copy(update=fields)
+            if policy.refuse_below > policy.accept_at:  # keep the pair ordered
+                policy = policy.model_copy(update={"refuse_below": policy.accept_at})
+            feature.spec = feature.spec.model_copy(update={"policy": policy})
 
     async def close(self) -> None:
         """Close providers, then drain the event writer: nothing accepted is lost."""

@@ -185,24 +185,29 @@ class Pipeline:
             outcome.checks = guarded.results
             if guarded.review and outcome.decision in _USABLE:
                 outcome.decision, outcome.reason = Decision.REVIEW, guarded.review
+        # one coin per call, whatever the decision: audited items are an unbiased sample
+        audit = bool(feature.spec.review.audit_rate) and self.rng.random() < feature.spec.review.audit_rate
         if outcome.decision is Decision.REVIEW:
-            await self._review(feature, call, outcome, timings)
+            await self._review(feature, call, outcome, timings, audit)
+        elif audit and outcome.decision in _USABLE:
+            self.queue_review(feature, call, outcome, "deferred", reason="audit sample", audit=True)
         self.emit(call, start, timings, outcome)
         return outcome
 
-    def queue_review(self, feature: Feature, call: Call, outcome: Outcome, mode: str) -> None:
+    def queue_review(self, feature: Feature, call: Call, outcome: Outcome, mode: str,
+                     reason: str | None = None, audit: bool = False) -> None:
         spec = feature.spec.review
         self._record(ReviewRequest(
             trace_id=call.trace_id, ts=time.time(), feature=feature.name,
             version=outcome.version, mode=mode, confidence=outcome.confidence,
-            reason=outcome.reason, input=call.input, output=outcome.output,
-            validations=outcome.validations, overlap=spec.overlap))
+            reason=reason or outcome.reason, input=call.input, output=outcome.output,
+            validations=outcome.validations, overlap=spec.overlap, audit=audit))
 
     async def _review(self, feature: Feature, call: Call, outcome: Outcome,
-                      timings: dict[str, float]) -> None:
+                      timings: dict[str, float], audit: bool = False) -> None:
         """Queue the output for people; for held review, wait for their verdict."""
         spec = feature.spec.review
-        self.queue_review(feature, call, outcome, spec.mode)
+        self.queue_review(feature, call, outcome, spec.mode, audit=audit)
         if spec.mode == "deferred":
             outcome.review = "pending"
             return

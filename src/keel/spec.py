@@ -278,6 +278,10 @@ class ReviewSpec(_Strict):
     order: Literal["confidence", "oldest"] = "confidence"
     lease_s: float = Field(default=600.0, gt=0, description="how long an assignment holds")
     dataset: str | None = Field(default=None, description="where verdicts go; default '<feature>-reviews'")
+    audit_rate: float = Field(
+        default=0.0, ge=0, le=1,
+        description="share of accepted answers also sent to (deferred) review, so "
+                    "calibration sees the whole confidence range, not only the doubtful")
 
 
 class RetrySpec(_Strict):

@@ -176,6 +176,9 @@ class ReviewRequest:
     output: JSON
     validations: list[ValidationResult]
     overlap: int = 1
+    # chosen by an independent coin (review.audit_rate), whatever the decision: these
+    # items are an unbiased sample for calibration
+    audit: bool = False
 
 
 @dataclass(slots=True)

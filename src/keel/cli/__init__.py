@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli import call, check, evaluate, events, review, serve
+from keel.cli import calibrate, call, check, evaluate, events, review, serve
 
 app = typer.Typer(
     name="keel",
@@ -19,6 +19,7 @@ app.command("check")(check.check)
 app.command("events")(events.events)
 app.command("eval")(evaluate.evaluate)
 app.add_typer(review.app, name="review")
+app.command("calibrate")(calibrate.calibrate)
 
 
 def main() -> None:

@@ -85,14 +85,14 @@ class SQLiteStore:
     def write_reviews(conn: sqlite3.Connection, items: Sequence[ReviewRequest]) -> None:
         rows = [
             (r.trace_id, r.ts, r.feature, r.version, r.mode, r.confidence, r.reason,
-             _dumps(r.input), _dumps(r.output), _dumps(r.validations), r.overlap)
+             _dumps(r.input), _dumps(r.output), _dumps(r.validations), r.overlap, int(r.audit))
             for r in items
         ]
         with conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO review_items (trace_id, ts, feature, version, mode,"
-                " confidence, reason, input, output, validations, overlap)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                " confidence, reason, input, output, validations, overlap, audit)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def recent_events(self, limit: int = 20, feature: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM events"

@@ -50,6 +50,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             output TEXT,
             validations TEXT NOT NULL,
             overlap INTEGER NOT NULL DEFAULT 1,
+            audit INTEGER NOT NULL DEFAULT 0,
             status TEXT NOT NULL DEFAULT 'pending',
             assigned_to TEXT,
             assigned_until DOUBLE PRECISION,
@@ -96,6 +97,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX review_items_status_ts ON review_items (status, ts);
         CREATE INDEX review_items_feature_status_ts ON review_items (feature, status, ts);
         CREATE INDEX review_items_status_confidence ON review_items (status, confidence, ts);
+        """,
+    ),
+    (
+        "004_policy_changes",
+        """
+        CREATE TABLE policy_changes (
+            id INTEGER PRIMARY KEY,
+            feature TEXT NOT NULL,
+            field TEXT NOT NULL,
+            old_value DOUBLE PRECISION,
+            new_value DOUBLE PRECISION,
+            actor TEXT NOT NULL,
+            source TEXT NOT NULL,
+            details TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX policy_changes_feature ON policy_changes (feature, field, ts);
         """,
     ),
 ]
