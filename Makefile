@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test install-llm install-bench serve test lint bench-overhead
+.PHONY: install install-test install-llm install-bench serve test lint bench-overhead bench-streaming
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,6 @@ install-bench: install-test
 
 bench-overhead: install-bench
 	$(BIN)/python bench/overhead.py
+
+bench-streaming: install-bench
+	$(BIN)/python bench/streaming.py
