@@ -1,6 +1,6 @@
 """AnthropicProvider against a real HTTP fake (keel.testing.fake_anthropic.FakeAnthropic);
-MockTransport for what the fake does not send (other in-stream error types, a stream
-that ends cleanly without message_stop, malformed events)."""
+a scripted aiohttp server for what the fake does not send (other in-stream error types, a
+stream that ends cleanly without message_stop, malformed events)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
 
 from keel.errors import (
     ConfigError,
@@ -184,7 +185,7 @@ async def test_rejected_input_never_reaches_the_wire(fake: FakeAnthropic,
     ("bad_request", ProviderRejected, "invalid_request_error: Invalid request"),
     ("auth", ProviderRejected, "check the provider's api_key"),
     ("invalid_json", ProviderBadResponse, "not JSON"),
-    ("cut_stream", ProviderUnavailable, "RemoteProtocolError"),
+    ("cut_stream", ProviderUnavailable, "broke during the answer"),
     ("timeout", ProviderTimeout, "within 0.3s"),
     ("stall_stream", ProviderTimeout, "within 0.3s"),
 ])
@@ -327,16 +328,17 @@ TEXT = [{"type": "content_block_start", "index": 0, "content_block": {"type": "t
 
 
 async def scripted(body: bytes) -> AsyncIterator[Delta]:
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    async def answer(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=body, headers={"content-type": "text/event-stream"})
 
-    p = AnthropicProvider("claude", ProviderSpec(type="anthropic", api_key=KEY))
-    p._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-    try:
-        async for d in p.stream(req("text")):
-            yield d
-    finally:
-        await p.close()
+    async with RawTestServer(answer) as server:
+        p = AnthropicProvider("claude", ProviderSpec(type="anthropic", api_key=KEY,
+                                                     base_url=str(server.make_url(""))))
+        try:
+            async for d in p.stream(req("text")):
+                yield d
+        finally:
+            await p.close()
 
 
 @pytest.mark.parametrize(("events", "error", "n"), [

@@ -213,7 +213,7 @@ async def test_refused_by_the_fake(up: FakeUpstream, provider: OpenAIProvider) -
 async def test_not_an_event_stream(up: FakeUpstream) -> None:
     # a server that ignores stream: true (here: a 200 JSON body from the models endpoint)
     p = OpenAIProvider("odd", ProviderSpec(type="openai", base_url=up.base_url))
-    p.url = p.url.copy_with(path="/_fake/reset")  # POST answers 200 JSON
+    p.url = p.url.with_path("/_fake/reset")  # POST answers 200 JSON
     try:
         with pytest.raises(ProviderBadResponse, match="not text/event-stream"):
             await collect(p, req())

@@ -1,7 +1,7 @@
 """Anthropic's Messages API over HTTP (``POST {base_url}/v1/messages``).
 
-One pooled :class:`httpx.AsyncClient` per provider, opened in :meth:`AnthropicProvider.start`.
-The translation to and from Anthropic's wire format lives in
+One pooled :class:`~keel.providers.http.HTTPClient` (aiohttp) per provider, opened in
+:meth:`AnthropicProvider.start`. The translation to and from Anthropic's wire format lives in
 :mod:`keel.providers.anthropic_wire`; this module does the I/O and maps failures onto the
 ProviderError tree so the invoke stage knows what a retry can do:
 
@@ -22,15 +22,12 @@ stream broke after a delta         ProviderStreamInterrupted  no
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncGenerator, Mapping
+from typing import NoReturn
 
-import httpx
 import orjson
 
 from keel.errors import (
-    ConfigError,
     ProviderBadResponse,
     ProviderError,
     ProviderRateLimited,
@@ -47,8 +44,9 @@ from keel.providers.anthropic_wire import (
     build_body,
     to_completion,
 )
-from keel.providers.base import ProviderRequest, render_prompt
-from keel.providers.openai import label_instruction, parse_retry_after
+from keel.providers.base import ProviderRequest
+from keel.providers.http import HTTPClient, parse_retry_after, parse_url
+from keel.providers.openai_wire import UserContent
 from keel.spec import ProviderSpec
 from keel.types import Completion, Delta, Embeddings
 
@@ -87,39 +85,23 @@ class AnthropicProvider:
         self.name = name
         self.spec = spec
         base = (spec.base_url or DEFAULT_BASE_URL).rstrip("/").removesuffix("/v1")
-        url = httpx.URL(base + "/v1/messages")
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(
-                f"providers.{name}.base_url: '{spec.base_url}' is not an http(s) URL "
-                "(e.g. https://api.anthropic.com)"
-            )
-        self.url = url
-        self._client: httpx.AsyncClient | None = None
-        self._timeouts: dict[float, httpx.Timeout] = {}
-        self._instructions: dict[tuple[str, str], tuple[list[str], Any, str]] = {}
+        self.url = parse_url(base, "/v1/messages", name, "https://api.anthropic.com")
+        headers = {"content-type": "application/json", "accept": "application/json",
+                   "anthropic-version": ANTHROPIC_VERSION, **spec.headers}
+        if spec.api_key:
+            headers["x-api-key"] = spec.api_key
+        self.http = HTTPClient(name, self.url, headers, max_connections=spec.max_connections,
+                               connect_timeout_s=spec.connect_timeout_s)
+        self._user_content = UserContent()
 
     async def start(self) -> None:
-        if self._client is not None:
-            return
-        headers = {"content-type": "application/json", "accept": "application/json",
-                   "anthropic-version": ANTHROPIC_VERSION, **self.spec.headers}
-        if self.spec.api_key:
-            headers["x-api-key"] = self.spec.api_key
-        n = self.spec.max_connections
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-            timeout=self._timeout(self.spec.timeout_s),
-        )
+        await self.http.start()
 
     async def prepare(self, request: ProviderRequest) -> None:
-        if request.output_kind == "label" and request.prompt is None and request.labels:
-            self._instruction(request, request.labels)
+        self._user_content.prepare(request)
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self.http.close()
 
     async def embed(self, request: ProviderRequest, texts: list[str]) -> Embeddings:
         raise ProviderRejected(
@@ -130,115 +112,91 @@ class AnthropicProvider:
     # --- one attempt ----------------------------------------------------------------
 
     async def complete(self, request: ProviderRequest) -> Completion:
-        client = await self._ready()
-        body = self._body(request, stream=False)
+        status, headers, content = await self.http.post(
+            self.url, self._body(request, stream=False), timeout_s=request.timeout_s,
+            first_byte_timeout_s=request.first_byte_timeout_s, model=request.model)
+        if not 200 <= status < 300:
+            raise self._status_error(request, status, headers, content)
         try:
-            # a total deadline: httpx's read timeout is per read, not per response
-            async with asyncio.timeout(request.timeout_s):
-                response = await client.post(self.url, content=body,
-                                             timeout=self._timeout(request.timeout_s))
-        except (httpx.TimeoutException, TimeoutError):
-            raise self._timed_out(request) from None
-        except httpx.RequestError as exc:
-            raise self._unreachable(exc) from None
-        if not 200 <= response.status_code < 300:
-            raise self._status_error(request, response)
-        try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise ProviderBadResponse(
-                f"provider '{self.name}': HTTP {response.status_code} from {self.url} but the "
-                f"body is not JSON: {_snippet(response.content)!r}"
+                f"provider '{self.name}': HTTP {status} from {self.url} but the "
+                f"body is not JSON: {_snippet(content)!r}"
             ) from None
         try:
             return to_completion(data, request.output_kind, model=request.model)
         except ProviderBadResponse as exc:
             raise ProviderBadResponse(
-                f"provider '{self.name}': HTTP {response.status_code} from {self.url} "
-                f"(model '{request.model}'), but {exc.message}: {_snippet(response.content)!r}"
+                f"provider '{self.name}': HTTP {status} from {self.url} "
+                f"(model '{request.model}'), but {exc.message}: {_snippet(content)!r}"
             ) from None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[Delta, None]:
         """Deltas as they arrive. Until the first one the whole wait is bounded by
-        ``timeout_s``; after it, each read is (a stall raises ProviderStreamInterrupted)."""
-        client = await self._ready()
+        ``first_byte_timeout_s`` (else ``timeout_s``); after it, each read by ``timeout_s``
+        (a stall raises ProviderStreamInterrupted)."""
         body = self._body(request, stream=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await client.send(
-                    client.build_request("POST", self.url, content=body,
-                                         timeout=self._timeout(request.timeout_s)),
-                    stream=True)
-        except (httpx.TimeoutException, TimeoutError):
-            raise self._timed_out(request) from None
-        except httpx.RequestError as exc:
-            raise self._unreachable(exc) from None
+        first_wait = request.first_byte_timeout_s or request.timeout_s
         yielded = False
-        lines: AsyncIterator[str] | None = None
-        try:
-            if not 200 <= response.status_code < 300:
+        async with self.http.stream(
+                self.url, body, timeout_s=request.timeout_s,
+                first_byte_timeout_s=request.first_byte_timeout_s,
+                model=request.model) as response:
+            status = response.status
+            if not 200 <= status < 300:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        await response.aread()
-                except (TimeoutError, httpx.HTTPError):
-                    pass  # the status says enough
-                raise self._status_error(request, response)
+                    content = await response.read()
+                except ProviderError:
+                    content = None  # the status says enough
+                raise self._status_error(request, status, response.headers, content)
             ctype = response.headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
                 raise ProviderBadResponse(
-                    f"provider '{self.name}': HTTP {response.status_code} from {self.url} with "
+                    f"provider '{self.name}': HTTP {status} from {self.url} with "
                     f"content-type {ctype!r}, not text/event-stream, to a stream request"
                 )
-            lines = response.aiter_lines()
+            lines = response.lines()
             decoder, translator = SSEDecoder(), StreamTranslator()
-            while not translator.done:
-                try:
-                    async with asyncio.timeout_at(
-                            loop.time() + request.timeout_s if yielded else deadline):
-                        line = await anext(lines)
-                    event = decoder.feed(line)
-                except StopAsyncIteration:
-                    event = decoder.flush()
+            try:
+                while not translator.done:
+                    try:
+                        event = decoder.feed(await anext(lines))
+                    except StopAsyncIteration:
+                        event = decoder.flush()
+                        if event is None:
+                            self._broken(request, yielded,
+                                         "the stream ended without message_stop")
+                    except ProviderTimeout:
+                        if not yielded:
+                            raise self.http.no_response(self.url, first_wait,
+                                                        request.model) from None
+                        self._broken(request, yielded,
+                                     f"no data for {request.timeout_s:g}s (the stream stalled)")
+                    except ProviderUnavailable as exc:
+                        self._broken(request, yielded, exc.message)
                     if event is None:
-                        self._broken(request, yielded, "the stream ended without message_stop")
-                except (httpx.TimeoutException, TimeoutError):
-                    if not yielded:
-                        raise self._timed_out(request) from None
-                    self._broken(request, yielded,
-                                 f"no data for {request.timeout_s:g}s (the stream stalled)")
-                except httpx.RequestError as exc:
-                    self._broken(request, yielded,
-                                 f"{type(exc).__name__}: {str(exc) or 'connection lost'}")
-                if event is None:
-                    continue
-                try:
-                    deltas = translator.feed(*event)
-                except AnthropicStreamError as exc:
-                    self._stream_error(request, yielded, exc)
-                except ValueError as exc:
-                    if yielded:
-                        self._broken(request, yielded, f"malformed event: {exc}")
-                    raise ProviderBadResponse(
-                        f"provider '{self.name}': malformed stream event from {self.url}: {exc}"
-                    ) from None
-                for delta in deltas:
-                    yielded = True
-                    yield delta
-        finally:
-            close = getattr(lines, "aclose", None)
-            if close is not None:
-                await close()
-            await response.aclose()
+                        continue
+                    try:
+                        deltas = translator.feed(*event)
+                    except AnthropicStreamError as exc:
+                        self._stream_error(request, yielded, exc)
+                    except ValueError as exc:
+                        if yielded:
+                            self._broken(request, yielded, f"malformed event: {exc}")
+                        raise ProviderBadResponse(
+                            f"provider '{self.name}': malformed stream event from {self.url}: "
+                            f"{exc}"
+                        ) from None
+                    for delta in deltas:
+                        if not yielded:
+                            yielded = True
+                            response.mark_started()
+                        yield delta
+            finally:
+                await lines.aclose()
 
     # --- building the request -----------------------------------------------------------
-
-    async def _ready(self) -> httpx.AsyncClient:
-        if self._client is None:
-            await self.start()
-        assert self._client is not None
-        return self._client
 
     def _body(self, request: ProviderRequest, *, stream: bool) -> bytes:
         messages = request.messages
@@ -253,49 +211,7 @@ class AnthropicProvider:
                 f"provider '{self.name}' (model '{request.model}'): {exc.message}") from None
         return orjson.dumps(body)
 
-    def _user_content(self, request: ProviderRequest) -> str:
-        if request.prompt is not None:
-            return render_prompt(request.prompt, request.input)
-        field = request.params.get("text_field") or "text"
-        text = request.input.get(field)
-        if not isinstance(text, str):
-            text = orjson.dumps(request.input).decode()
-        if request.output_kind == "label" and request.labels:
-            return self._instruction(request, request.labels) + text
-        return text
-
-    def _instruction(self, request: ProviderRequest, labels: list[str]) -> str:
-        key = (request.feature, request.version)
-        cached = self._instructions.get(key)
-        descriptions = request.label_descriptions
-        if cached is not None and cached[0] is labels and cached[1] is descriptions:
-            return cached[2]
-        text = label_instruction(labels, descriptions)
-        self._instructions[key] = (labels, descriptions, text)
-        return text
-
-    def _timeout(self, timeout_s: float) -> httpx.Timeout:
-        timeout = self._timeouts.get(timeout_s)
-        if timeout is None:
-            connect = min(self.spec.connect_timeout_s, timeout_s)
-            timeout = self._timeouts[timeout_s] = httpx.Timeout(timeout_s, connect=connect)
-        return timeout
-
     # --- failures -------------------------------------------------------------------------
-
-    def _timed_out(self, request: ProviderRequest) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"provider '{self.name}': no response from {self.url} within "
-            f"{request.timeout_s:g}s (model '{request.model}'); Anthropic is slow or "
-            "stuck: raise timeout_s or check it"
-        )
-
-    def _unreachable(self, exc: httpx.RequestError) -> ProviderUnavailable:
-        return ProviderUnavailable(
-            f"provider '{self.name}': cannot reach {self.url}: "
-            f"{type(exc).__name__}: {str(exc) or 'connection failed'}; is the server running "
-            "and base_url right?"
-        )
 
     def _broken(self, request: ProviderRequest, yielded: bool, why: str) -> NoReturn:
         """The stream failed: interrupted once the caller has content, else retryable."""
@@ -323,16 +239,13 @@ class AnthropicProvider:
         raise error from None
 
     def _status_error(
-        self, request: ProviderRequest, response: httpx.Response
+        self, request: ProviderRequest, status: int, headers: Mapping[str, str],
+        body: bytes | None,
     ) -> ProviderRateLimited | ProviderUnavailable | ProviderRejected | ProviderBadResponse:
-        status = response.status_code
         where = f"provider '{self.name}': HTTP {status} from {self.url} (model '{request.model}')"
-        try:
-            message = _upstream_message(response.content)
-        except httpx.ResponseNotRead:
-            message = "(body not read)"
+        message = "(body not read)" if body is None else _upstream_message(body)
         if status == 429:
-            retry_after = parse_retry_after(response.headers)
+            retry_after = parse_retry_after(headers)
             wait = f"; retry after {retry_after:g}s" if retry_after is not None else ""
             return ProviderRateLimited(f"{where}: rate limited: {message}{wait}",
                                        retry_after=retry_after)
