@@ -161,3 +161,22 @@ async def test_deferred_review_answers_now(scripted_keel: Keel) -> None:
     scripted(scripted_keel, "p1").script = [Completion(output={"label": "b"}, confidence=0.3)]
     outcome = await scripted_keel.call("f", {"text": "x"})
     assert outcome.review == "pending" and outcome.output == {"label": "b"}
+
+
+async def test_reask_sends_the_error_back_once(tmp_path: Path) -> None:
+    feature = basic_feature(validators=[{"type": "allowed_labels", "on_fail": "reask"}])
+    async with Keel(spec_with(feature), settings_in(tmp_path)) as keel:
+        p1 = scripted(keel, "p1")
+        p1.script = [Completion(output={"label": "zzz"}, confidence=0.9, text="zzz", usage=Usage(10, 1)),
+                     Completion(output={"label": "b"}, confidence=0.9, text="b", usage=Usage(12, 1))]
+        outcome = await keel.call("f", {"text": "x"})
+        assert outcome.decision is Decision.ACCEPTED and outcome.output == {"label": "b"}
+        assert outcome.usage.input_tokens == 22  # the reask's tokens count
+        assert [a.rejected_by for a in outcome.attempts] == ["validator:allowed_labels (reasked)", None]
+        followup = p1.requests[1].followup
+        assert followup[0] == {"role": "assistant", "content": "zzz"}
+        assert "'zzz' is not an allowed label" in followup[1]["content"]
+        # still wrong after one reask: the safe default
+        p1.script = [Completion(output={"label": "zzz"}, confidence=0.9, text="zzz")] * 2
+        outcome = await keel.call("f", {"text": "x"})
+        assert outcome.decision is Decision.REFUSED and len(p1.requests) == 4

@@ -86,9 +86,9 @@ def test_policy_thresholds_must_be_ordered(tmp_path: Path) -> None:
         load_spec(write(tmp_path, text), env={"UP_KEY": "k"})
 
 
-def test_invalid_json_schema_and_reask(tmp_path: Path) -> None:
-    text = GOOD + "    validators:\n      - {type: json_schema, schema: {type: 7}}\n      - {type: regex, pattern: x, on_fail: reask}\n"
+def test_invalid_json_schema_and_on_fail(tmp_path: Path) -> None:
+    text = GOOD + "    validators:\n      - {type: json_schema, schema: {type: 7}}\n      - {type: regex, pattern: x, on_fail: retry}\n"
     with pytest.raises(ConfigError) as info:
         load_spec(write(tmp_path, text), env={"UP_KEY": "k"})
     assert "validators[0].schema: not a valid JSON Schema" in info.value.message
-    assert "validators[1].on_fail: on_fail 'reask' is not available yet" in info.value.message
+    assert "validators[1].on_fail: Input should be 'repair', 'reask'" in info.value.message

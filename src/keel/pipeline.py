@@ -13,6 +13,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
+import orjson
+
 from keel.errors import (
     AllTargetsFailed,
     FeatureNotFound,
@@ -22,6 +24,7 @@ from keel.errors import (
 )
 from keel.feature import Feature
 from keel.pricing import Pricing
+from keel.spec import RetrySpec
 from keel.stages.checks import run_checks
 from keel.stages.decide import decide
 from keel.stages.guards import run_guards
@@ -138,6 +141,29 @@ class Pipeline:
             validations, output = await run_validators(feature.validators, completion.output,
                                                        call.input)
             validate_ms += _ms(t_val)
+            reask = next((v for v in validations if not v.passed and v.on_fail is OnFail.REASK), None)
+            if reask is not None and target.provider_type not in _CANNOT_REASK:
+                # one more call carrying the validation error; its time and cost count
+                t_re = clock()
+                attempts[-1].rejected_by = f"validator:{reask.validator} (reasked)"
+                retry = feature.request(version, call.input, call.options)
+                retry.followup = [
+                    {"role": "assistant", "content": completion.text or orjson.dumps(output).decode()},
+                    {"role": "user", "content": f"That answer failed a check ({reask.validator}: "
+                                                f"{reask.message}). Answer again, fixing it."}]
+                try:
+                    completion = await invoke_target(target.provider, retry, _NO_RETRY, attempts,
+                                                     self.rng, target.breaker)
+                except ProviderError:
+                    pass  # keep the first answer; its failed validation decides
+                else:
+                    usage.add(completion.usage)
+                    again = self.pricing.cost_usd(
+                        target.provider_type, feature.spec.versions[version], completion.usage)
+                    cost = None if cost is None or again is None else cost + again
+                    validations, output = await run_validators(
+                        feature.validators, completion.output, call.input)
+                invoke_ms += _ms(t_re)
             more_targets = index + 1 < len(route.versions)
             sent_on = next(
                 (v for v in validations if not v.passed and v.on_fail is OnFail.FALLBACK), None
@@ -249,6 +275,9 @@ class Pipeline:
 
 
 _USABLE = frozenset({Decision.ACCEPTED, Decision.REPAIRED, Decision.FALLBACK})
+# classifiers answer the same input the same way: asking again cannot help
+_CANNOT_REASK = frozenset({"local"})
+_NO_RETRY = RetrySpec(max_retries=0)
 
 
 def _failed(call: Call, feature: str, exc: RequestError, timings: dict[str, float]) -> Outcome:

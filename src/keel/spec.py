@@ -149,13 +149,6 @@ CheckSpec = Annotated[
 class _ValidatorBase(_Strict):
     on_fail: OnFail = OnFail.REFUSE
 
-    @field_validator("on_fail")
-    @classmethod
-    def _available(cls, value: OnFail) -> OnFail:
-        if value is OnFail.REASK:
-            raise ValueError("on_fail 'reask' is not available yet; use repair, fallback, "
-                             "review, refuse or log")
-        return value
 
 
 class JsonSchemaValidatorSpec(_ValidatorBase):

@@ -202,6 +202,8 @@ class AnthropicProvider:
         messages = request.messages
         if messages is None:
             messages = [{"role": "user", "content": self._user_content(request)}]
+        if request.followup:
+            messages = [*messages, *request.followup]
         params = {**request.params, **request.options} if request.options else request.params
         try:
             body = build_body(request.model, messages, params, system=request.system,

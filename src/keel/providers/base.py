@@ -44,6 +44,9 @@ class ProviderRequest:
     options: dict[str, Any] = field(default_factory=dict)
     # time to the first byte of the answer (a stream's first token); None: timeout_s
     first_byte_timeout_s: float | None = None
+    # turns appended after the built conversation: a reask sends the model's previous
+    # answer and what was wrong with it
+    followup: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Provider(Protocol):

@@ -82,7 +82,7 @@ class LlamaCppProvider:
         if request.system:
             messages.append({"role": "system", "content": request.system})
         if request.output_kind == "chat":
-            return messages + list(request.messages or [])
+            return messages + list(request.messages or []) + request.followup
         text = request.input.get(str(request.params.get("text_field", "text")))
         if request.prompt:
             content = render_prompt(request.prompt, request.input)
@@ -90,7 +90,7 @@ class LlamaCppProvider:
             content = f"{label_instruction(request.labels, request.label_descriptions)}\n\n{text}"
         else:
             content = text if isinstance(text, str) else str(request.input)
-        return [*messages, {"role": "user", "content": content}]
+        return [*messages, {"role": "user", "content": content}, *request.followup]
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
         merged = {**request.params, **request.options}

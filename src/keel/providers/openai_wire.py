@@ -125,6 +125,7 @@ def chat_body(request: ProviderRequest, user_content: UserContent, stream: bool 
         messages += request.messages
     else:
         messages.append({"role": "user", "content": user_content(request)})
+    messages += request.followup
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     params = request.params
     if params:
