@@ -45,7 +45,7 @@ from keel.providers.anthropic_wire import (
     to_completion,
 )
 from keel.providers.base import ProviderRequest
-from keel.providers.http import HTTPClient, parse_retry_after, parse_url
+from keel.providers.http import HTTPClient, parse_retry_after, parse_url, snippet
 from keel.providers.openai_wire import UserContent
 from keel.spec import ProviderSpec
 from keel.types import Completion, Delta, Embeddings
@@ -59,22 +59,17 @@ _HINTS = {
 }
 
 
-def _snippet(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("utf-8", "replace")
-    return text + ("..." if len(data) > limit else "")
-
-
 def _upstream_message(data: bytes) -> str:
     """The message of an Anthropic error body ``{"type": "error", "error": {...}}``, or raw."""
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return _snippet(data) or "(empty body)"
+        return snippet(data) or "(empty body)"
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         kind = error.get("type")
         return f"{kind}: {error['message']}" if isinstance(kind, str) else str(error["message"])
-    return _snippet(data)
+    return snippet(data)
 
 
 class AnthropicProvider:
@@ -122,14 +117,14 @@ class AnthropicProvider:
         except orjson.JSONDecodeError:
             raise ProviderBadResponse(
                 f"provider '{self.name}': HTTP {status} from {self.url} but the "
-                f"body is not JSON: {_snippet(content)!r}"
+                f"body is not JSON: {snippet(content)!r}"
             ) from None
         try:
             return to_completion(data, request.output_kind, model=request.model)
         except ProviderBadResponse as exc:
             raise ProviderBadResponse(
                 f"provider '{self.name}': HTTP {status} from {self.url} "
-                f"(model '{request.model}'), but {exc.message}: {_snippet(content)!r}"
+                f"(model '{request.model}'), but {exc.message}: {snippet(content)!r}"
             ) from None
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[Delta, None]:

@@ -384,3 +384,9 @@ class StreamResponse:
                 yield rest.decode("utf-8", "replace")
         finally:
             await chunks.aclose()
+
+
+def snippet(data: bytes, limit: int = 200) -> str:
+    """The start of a body, for error messages a person reads."""
+    text = data[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(data) > limit else "")

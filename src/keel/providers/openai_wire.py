@@ -25,7 +25,7 @@ from keel.errors import (
     ProviderUnavailable,
 )
 from keel.providers.base import ProviderRequest, render_prompt, shape_output
-from keel.providers.http import parse_retry_after
+from keel.providers.http import parse_retry_after, snippet
 from keel.types import Completion, Delta, Embeddings, Usage
 
 # Request params forwarded as-is; anything else in a version's params (e.g. "text_field")
@@ -46,11 +46,6 @@ _HINTS = {
     403: "check the api_key's permissions for this model",
     404: "check base_url (it usually ends in /v1) and the model name",
 }
-
-
-def snippet(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("utf-8", "replace")
-    return text + ("..." if len(data) > limit else "")
 
 
 def _upstream_message(data: bytes) -> str:
