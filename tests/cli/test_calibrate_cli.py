@@ -31,7 +31,7 @@ def test_calibrate_on_a_csv_and_apply(tmp_path: Path, monkeypatch: pytest.Monkey
                                  "--limit", "600", "--alpha", "0.15", "--apply", "--actor", "ann",
                                  "--config", str(REPO / "keel.yaml"), "--db", str(db)])
     assert result.exit_code == 0, result.output
-    assert "threshold  accepted  coverage" in result.output and "recorded: accept_at 0.5 ->" in result.output
+    assert "threshold  accepted  coverage" in result.output and "recorded: accept_at 0.713 ->" in result.output
     (change,) = policy_history(SQLiteStore(db), "intent")
     assert change["actor"] == "ann" and change["details"]["alpha"] == 0.15
     new = change["new_value"]
