@@ -19,7 +19,7 @@ install: $(BIN)/python
 install-test: install
 	$(BIN)/pip install -q -e '.[test]'
 	# the review page is tested in Debian's Chromium, driven by Playwright (never `playwright install`)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # llama.cpp is compiled for a portable x86-64 (AVX2), not -march=native: a native build
 # here enabled AMX and crashed inside VMs that advertise it without enabling it
@@ -42,7 +42,7 @@ test: lint
 
 install-bench: install-test
 	$(BIN)/pip install -q -e '.[test,bench]'
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 bench-overhead: install-bench
 	$(BIN)/python bench/overhead.py
