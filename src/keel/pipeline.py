@@ -26,8 +26,8 @@ from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.spec import RetrySpec
 from keel.stages.checks import run_checks
-from keel.stages.decide import decide
-from keel.stages.guards import run_guards
+from keel.stages.decide import USABLE, decide
+from keel.stages.guards import GuardOutcome, run_guards
 from keel.stages.hold import ReviewHub
 from keel.stages.invoke import invoke_target
 from keel.stages.validate import run_validators
@@ -75,14 +75,12 @@ class Pipeline:
         """Serve one call as a stream: see :mod:`keel.streaming`."""
         return stream_call(self, call)
 
-    async def run(self, call: Call) -> Outcome:
-        """Serve one call. Bad input raises a RequestError (and is recorded); every other
-        ending, a failed upstream included, is an Outcome with its decision."""
-        feature = self.feature(call.feature)
+    async def admit(self, feature: Feature, call: Call, start: float,
+                    timings: dict[str, float]) -> tuple[GuardOutcome | None, Outcome | None]:
+        """The input stages every call passes, streamed or not: the contract checks (bad
+        input raises a RequestError, recorded) and the guards (which may redact the input,
+        or refuse the call: then the recorded refusal Outcome is returned)."""
         clock = time.perf_counter
-        start = clock()
-        timings: dict[str, float] = {}
-
         try:
             run_checks(feature.checks, call)
         except RequestError as exc:
@@ -91,22 +89,33 @@ class Pipeline:
             raise
         t = clock()
         timings["checks"] = _ms(start, t)
-        guarded = None
-        if feature.guards:
-            guarded = await run_guards(feature.guards, call.input)
-            call.input = guarded.input  # redacted: the model, the event and reviewers see this
-            t2 = clock()
-            timings["guards"] = _ms(t, t2)
-            t = t2
-            if guarded.refused is not None:
-                outcome = Outcome(
-                    trace_id=call.trace_id, feature=feature.name, version=None,
-                    output=feature.spec.safe_default, decision=Decision.REFUSED, confidence=None,
-                    timings_ms=timings, cost_usd=0.0, usage=Usage(), attempts=[], validations=[],
-                    reason=guarded.refused, finish_reason="content_filter",
-                    checks=guarded.results)
-                self.emit(call, start, timings, outcome)
-                return outcome
+        if not feature.guards:
+            return None, None
+        guarded = await run_guards(feature.guards, call.input)
+        call.input = guarded.input  # redacted: the model, the event and reviewers see this
+        timings["guards"] = _ms(t)
+        if guarded.refused is None:
+            return guarded, None
+        outcome = Outcome(
+            trace_id=call.trace_id, feature=feature.name, version=None,
+            output=feature.spec.safe_default, decision=Decision.REFUSED, confidence=None,
+            timings_ms=timings, cost_usd=0.0, usage=Usage(), attempts=[], validations=[],
+            reason=guarded.refused, finish_reason="content_filter", checks=guarded.results)
+        self.emit(call, start, timings, outcome)
+        return guarded, outcome
+
+    async def run(self, call: Call) -> Outcome:
+        """Serve one call. Bad input raises a RequestError (and is recorded); every other
+        ending, a failed upstream included, is an Outcome with its decision."""
+        feature = self.feature(call.feature)
+        clock = time.perf_counter
+        start = clock()
+        timings: dict[str, float] = {}
+
+        guarded, refusal = await self.admit(feature, call, start, timings)
+        if refusal is not None:
+            return refusal
+        t = clock()
 
         route = feature.router.route(call)
         t2 = clock()
@@ -209,13 +218,13 @@ class Pipeline:
         timings["decide"] = _ms(t_dec)
         if guarded is not None:
             outcome.checks = guarded.results
-            if guarded.review and outcome.decision in _USABLE:
+            if guarded.review and outcome.decision in USABLE:
                 outcome.decision, outcome.reason = Decision.REVIEW, guarded.review
         # one coin per call, whatever the decision: audited items are an unbiased sample
         audit = bool(feature.spec.review.audit_rate) and self.rng.random() < feature.spec.review.audit_rate
         if outcome.decision is Decision.REVIEW:
             await self._review(feature, call, outcome, timings, audit)
-        elif audit and outcome.decision in _USABLE:
+        elif audit and outcome.decision in USABLE:
             self.queue_review(feature, call, outcome, "deferred", reason="audit sample", audit=True)
         self.emit(call, start, timings, outcome)
         return outcome
@@ -274,7 +283,6 @@ class Pipeline:
         )
 
 
-_USABLE = frozenset({Decision.ACCEPTED, Decision.REPAIRED, Decision.FALLBACK})
 # classifiers answer the same input the same way: asking again cannot help
 _CANNOT_REASK = frozenset({"local"})
 _NO_RETRY = RetrySpec(max_retries=0)

@@ -26,10 +26,8 @@ from keel.errors import (
     ProviderError,
     ProviderRateLimited,
     ProviderStreamInterrupted,
-    RequestError,
 )
-from keel.stages.checks import run_checks
-from keel.stages.decide import decide
+from keel.stages.decide import USABLE, decide
 from keel.stages.invoke_stream import aclose_quietly, open_stream
 from keel.stages.validate import run_validators
 from keel.types import JSON, Attempt, Call, Decision, Delta, Outcome, Usage
@@ -103,21 +101,19 @@ class Accumulator:
 
 
 async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamStart | Delta | Outcome]:
-    """A StreamStart, the deltas as they come, then the final Outcome. Raises RequestError for bad input,
-    StreamFailed when no target produced a first delta, ProviderStreamInterrupted when
-    the chosen target broke mid-stream (all recorded)."""
+    """A StreamStart, the deltas as they come, then the final Outcome; or only an Outcome
+    when an input guard refused the call. Raises RequestError for bad input, StreamFailed
+    when no target produced a first delta, ProviderStreamInterrupted when the chosen
+    target broke mid-stream (all recorded)."""
     feature = pipeline.feature(call.feature)
     clock = time.perf_counter
     start = clock()
     timings: dict[str, float] = {}
-    try:
-        run_checks(feature.checks, call)
-    except RequestError as exc:
-        timings["checks"] = _ms(start)
-        pipeline.emit(call, start, timings, _outcome(call, feature.name, error=exc))
-        raise
+    guarded, refusal = await pipeline.admit(feature, call, start, timings)
+    if refusal is not None:
+        yield refusal
+        return
     t = clock()
-    timings["checks"] = _ms(start, t)
     route = feature.router.route(call)
     timings["route"] = _ms(t)
 
@@ -173,12 +169,17 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
         timings["validate"] = _ms(t_val)
         verdict = decide(output, None, validations, feature.spec.policy, feature.spec.safe_default,
                          from_fallback=index > 0)
+        reason = verdict.reason
+        decision = verdict.decision
+        if guarded is not None and guarded.review and decision in USABLE:
+            decision, reason = Decision.REVIEW, guarded.review
         outcome = Outcome(
             trace_id=call.trace_id, feature=feature.name, version=version, output=output,
-            decision=verdict.decision, confidence=None, timings_ms=timings,
+            decision=decision, confidence=None, timings_ms=timings,
             cost_usd=pipeline.pricing.cost_usd(
                 target.provider_type, feature.spec.versions[version], acc.usage),
-            usage=acc.usage, attempts=attempts, validations=validations, reason=verdict.reason,
+            usage=acc.usage, attempts=attempts, validations=validations, reason=reason,
+            checks=guarded.results if guarded is not None else [],
             finish_reason=acc.finish_reason or "stop",
         )
         if outcome.decision is Decision.REVIEW:  # already streamed: held review cannot apply
@@ -200,15 +201,14 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
     raise StreamFailed(outcome)
 
 
-def _outcome(call: Call, feature: str, *, error: RequestError | None = None,
-             version: str | None = None, attempts: list[Attempt] | None = None,
+def _outcome(call: Call, feature: str, *, version: str | None = None, attempts: list[Attempt] | None = None,
              usage: Usage | None = None, cost: float | None = 0.0, output: JSON = None,
              code: str | None = None, message: str | None = None) -> Outcome:
     return Outcome(
         trace_id=call.trace_id, feature=feature, version=version, output=output,
         decision=Decision.ERROR, confidence=None, timings_ms={}, cost_usd=cost,
         usage=usage or Usage(), attempts=attempts or [], validations=[],
-        error_code=error.code if error else code, error=error.message if error else message,
+        error_code=code, error=message,
     )
 
 

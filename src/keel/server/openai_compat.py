@@ -236,6 +236,8 @@ async def _stream(keel: Keel, feature: Feature, input: dict[str, JSON], options:
         start = await anext(events)  # failures before the first token are plain HTTP errors
     except StreamFailed as exc:
         return failed_response(exc.outcome)
+    if isinstance(start, Outcome):  # an input guard refused it: the safe default, whole
+        return _sse(_whole_as_chunks(feature.name, start, include_usage), keel_headers(start))
     assert isinstance(start, StreamStart)
     chunks = _Chunks(start.trace_id, feature.name, start.version)
     headers = {"x-keel-trace-id": start.trace_id, "x-keel-version": start.version}

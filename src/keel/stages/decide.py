@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from keel.spec import PolicySpec
 from keel.types import JSON, Decision, OnFail, ValidationResult
 
+# the decisions whose output is used as is (a guard or audit may still send them to people)
+USABLE = frozenset({Decision.ACCEPTED, Decision.REPAIRED, Decision.FALLBACK})
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
