@@ -15,6 +15,7 @@
     │   └── TextTooLong         400  text_too_long
     ├── NotFound                404
     │   ├── FeatureNotFound     404  feature_not_found
+    │   ├── ReviewNotFound      404  review_not_found
     │   └── RouteNotFound       404  not_found
     ├── ProviderError           502  one attempt at one target failed
     │   ├── ProviderTimeout     504  provider_timeout      (retryable)
@@ -22,6 +23,9 @@
     │   ├── ProviderRateLimited 429  provider_rate_limited (retryable, may carry retry_after)
     │   ├── ProviderBadResponse 502  provider_bad_response (malformed body; next target)
     │   └── ProviderRejected    502  provider_rejected     (4xx from upstream; not retryable)
+    ├── ReviewConflict          409  the verdict cannot be taken in the item's state
+    │   ├── ReviewClosed        409  review_closed
+    │   └── ReviewDuplicate     409  review_duplicate      (same reviewer twice)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
 
 Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError).
@@ -103,6 +107,10 @@ class FeatureNotFound(NotFound):
     code = "feature_not_found"
 
 
+class ReviewNotFound(NotFound):
+    code = "review_not_found"
+
+
 class RouteNotFound(NotFound):
     code = "not_found"
 
@@ -151,6 +159,22 @@ class ProviderStreamInterrupted(ProviderError):
 class CircuitOpen(ProviderError):
     code = "circuit_open"
     status = 503
+
+
+class ReviewConflict(KeelError):
+    """The verdict cannot be taken in the item's current state."""
+
+    code = "review_conflict"
+    status = 409
+    type = "invalid_request_error"
+
+
+class ReviewClosed(ReviewConflict):
+    code = "review_closed"
+
+
+class ReviewDuplicate(ReviewConflict):
+    code = "review_duplicate"
 
 
 class AllTargetsFailed(KeelError):

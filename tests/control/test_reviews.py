@@ -11,10 +11,15 @@ import pytest
 
 from keel.control.datasets import DatasetSink
 from keel.control.reviews import ReviewQueue
-from keel.errors import FeatureNotFound, InvalidRequest
+from keel.errors import (
+    FeatureNotFound,
+    InvalidRequest,
+    ReviewClosed,
+    ReviewDuplicate,
+    ReviewNotFound,
+)
 from keel.gateway import Keel
 from keel.stages.hold import ReviewHub
-from keel.store.reviews import ReviewClosed, ReviewDuplicate, ReviewNotFound
 from keel.types import Completion, Decision
 from tests.conftest import basic_feature, scripted, settings_in, spec_with
 

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from keel.cli.common import ConfigOpt, DatabaseOpt, console, fail, load, settings_for
-from keel.cli.evaluate import _run, read_rows
+from keel.cli.evaluate import read_rows, run_rows
 from keel.control.calibrate import TABLE, format_risk_coverage, risk_coverage, validator_quality
 from keel.control.calibrate import calibrate as choose
 from keel.gateway import Keel
@@ -58,7 +58,7 @@ def from_csv(keel: Keel, feature: str, path: Path, text_column: str, label_colum
     rows = read_rows(path, text_column, label_column, limit)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as progress:
-        outcomes = asyncio.run(_run(keel, feature, rows, 16, progress))
+        outcomes = asyncio.run(run_rows(keel, feature, rows, 16, progress))
     conf, correct = [], []
     for (_, truth), outcome in zip(rows, outcomes, strict=True):
         if outcome.confidence is None:

@@ -57,7 +57,7 @@ def macro_f1(pairs: list[tuple[str, str | None]]) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
-async def _run(keel: Keel, feature: str, rows: list[tuple[str, str]], concurrency: int,
+async def run_rows(keel: Keel, feature: str, rows: list[tuple[str, str]], concurrency: int,
                progress: Progress) -> list[Outcome]:
     task = progress.add_task(f"{feature}", total=len(rows))
     results: list[Outcome | None] = [None] * len(rows)
@@ -99,7 +99,7 @@ def evaluate(
         start = time.perf_counter()
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
-            outcomes = asyncio.run(_run(keel, feature, rows, concurrency, progress))
+            outcomes = asyncio.run(run_rows(keel, feature, rows, concurrency, progress))
         elapsed = time.perf_counter() - start
 
     def label(o: Outcome) -> str | None:

@@ -19,18 +19,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keel.control.datasets import DatasetSink, Example, Provenance
-from keel.errors import FeatureNotFound, InvalidRequest
+from keel.errors import (
+    FeatureNotFound,
+    InvalidRequest,
+    ReviewClosed,
+    ReviewConflict,
+    ReviewDuplicate,
+    ReviewNotFound,
+)
 from keel.spec import FeatureSpec
 from keel.stages.hold import FinalVerdict, Verdict
 from keel.store.reviews import (
     VERDICTS,
     FeatureStats,
     Order,
-    ReviewClosed,
-    ReviewConflict,
-    ReviewDuplicate,
     ReviewItem,
-    ReviewNotFound,
     ReviewStore,
     Status,
     final_verdict,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
-from keel.errors import KeelError, NotFound
+from keel.errors import ReviewClosed, ReviewDuplicate, ReviewNotFound
 from keel.stages.hold import Verdict
 from keel.store.sqlite import SQLiteStore
 from keel.types import JSON
@@ -38,26 +38,6 @@ Order = Literal["confidence", "oldest"]
 Status = Literal["pending", "done", "all"]
 VERDICTS: tuple[Verdict, ...] = ("approve", "edit", "reject")
 DEFAULT_LEASE_S = 600.0
-
-
-class ReviewNotFound(NotFound):
-    code = "review_not_found"
-
-
-class ReviewConflict(KeelError):
-    """The verdict cannot be taken in the item's current state."""
-
-    code = "review_conflict"
-    status = 409
-    type = "invalid_request_error"
-
-
-class ReviewClosed(ReviewConflict):
-    code = "review_closed"
-
-
-class ReviewDuplicate(ReviewConflict):
-    code = "review_duplicate"
 
 
 @dataclass(frozen=True, slots=True)
