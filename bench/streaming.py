@@ -1,7 +1,7 @@
 """Streaming through Keel, and what the fallback path adds, measured side by side in one run.
 
 Every server is its own process (the helpers for them, the CPU meters, pinning and the
-quiet-machine checks come from ``bench/overhead.py``):
+quiet-machine checks come from ``bench/harness.py``):
 
   healthy fake   ``python -m keel.testing --reply <40-word sentence>``: streams its answer in
                  token-sized pieces (``\\s*\\S{1,4}``) back to back, with no pause between them
@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from overhead import (  # the conventions of the overhead benchmark, shared
+from harness import (  # the shared benchmark harness (bench/harness.py)
     BadResponse,
     Child,
     Children,
@@ -188,7 +188,7 @@ def fake_requests(port: int) -> int:
 
 
 class Meter(CpuMeter):
-    """overhead.CpuMeter with the CPU of several upstream processes (the fakes) summed."""
+    """harness.CpuMeter with the CPU of several upstream processes (the fakes) summed."""
 
     def __init__(self, gateway: Child | None, upstreams: list[Child]) -> None:
         super().__init__(gateway, upstreams[0])
@@ -610,7 +610,7 @@ async def streams_load(p: Path_, connections: int, duration: float, meter: Meter
 
 
 def answers_c1(row: Row, port: int, n: int, meter: Meter, watch: int | None) -> Run:
-    """n sequential non-streamed calls (overhead.RawClient: blocking socket, keep-alive)."""
+    """n sequential non-streamed calls (harness.RawClient: blocking socket, keep-alive)."""
     client = RawClient(port, "/v1/chat/completions", chat_body(row.model, stream=False))
     client.connect()
     run = Run()
@@ -1261,7 +1261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM and SIGHUP end the run like Ctrl-C: the finally below stops every child (and
-    # they get SIGTERM from the kernel if this process dies: overhead._preexec)
+    # they get SIGTERM from the kernel if this process dies: harness._preexec)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-streaming-"))
