@@ -26,6 +26,8 @@
     ├── ReviewConflict          409  the verdict cannot be taken in the item's state
     │   ├── ReviewClosed        409  review_closed
     │   └── ReviewDuplicate     409  review_duplicate      (same reviewer twice)
+    ├── InvalidApiKey           401  invalid_api_key       (gateway keys are set; none valid)
+    ├── UpstreamRateLimited     429  upstream_rate_limited (every target was rate-limited)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
 
 Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError).
@@ -175,6 +177,18 @@ class ReviewClosed(ReviewConflict):
 
 class ReviewDuplicate(ReviewConflict):
     code = "review_duplicate"
+
+
+class InvalidApiKey(KeelError):
+    code = "invalid_api_key"
+    status = 401
+    type = "authentication_error"
+
+
+class UpstreamRateLimited(KeelError):
+    code = "upstream_rate_limited"
+    status = 429
+    type = "rate_limit_error"
 
 
 class AllTargetsFailed(KeelError):

@@ -21,6 +21,7 @@ from keel.errors import (
     ProviderError,
     ProviderRateLimited,
     RequestError,
+    UpstreamRateLimited,
 )
 from keel.feature import Feature
 from keel.pricing import Pricing
@@ -196,7 +197,7 @@ class Pipeline:
                 trace_id=call.trace_id, feature=feature.name, version=None, output=None,
                 decision=Decision.ERROR, confidence=None, timings_ms=timings, cost_usd=cost,
                 usage=usage, attempts=attempts, validations=validations,
-                error_code="upstream_rate_limited" if limited else AllTargetsFailed.code,
+                error_code=UpstreamRateLimited.code if limited else AllTargetsFailed.code,
                 error=_all_failed_message(route.versions, last_error, validations),
                 retry_after=last_error.retry_after if isinstance(last_error, ProviderRateLimited) else None,
             )

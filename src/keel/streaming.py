@@ -26,6 +26,7 @@ from keel.errors import (
     ProviderError,
     ProviderRateLimited,
     ProviderStreamInterrupted,
+    UpstreamRateLimited,
 )
 from keel.stages.decide import USABLE, decide
 from keel.stages.invoke_stream import aclose_quietly, open_stream
@@ -192,7 +193,7 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
     limited = isinstance(last_error, ProviderRateLimited)
     outcome = _outcome(
         call, feature.name, attempts=attempts,
-        code="upstream_rate_limited" if limited else AllTargetsFailed.code,
+        code=UpstreamRateLimited.code if limited else AllTargetsFailed.code,
         message=f"every target failed before its first token ({', '.join(route.versions)}); "
                 f"last error: {last_error.message if last_error else 'none'}")
     if isinstance(last_error, ProviderRateLimited):

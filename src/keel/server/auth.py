@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from keel.errors import InvalidApiKey
 from keel.server.errors import error_response
 
 PROTECTED_PREFIXES = ("/v1/", "/api/")
@@ -54,7 +55,7 @@ class KeyAuth:
                 return
         message = ("Incorrect API key provided." if presented else
                    "Missing API key: send it as 'Authorization: Bearer <key>'.")
-        response = error_response("invalid_api_key", message, 401, "authentication_error",
+        response = error_response(InvalidApiKey.code, message, InvalidApiKey.status, InvalidApiKey.type,
                                   headers={"www-authenticate": "Bearer"})
         await response(scope, receive, send)
 

@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from keel.errors import AllTargetsFailed, InvalidRequest
+from keel.errors import AllTargetsFailed, InvalidRequest, UpstreamRateLimited
 from keel.gateway import Keel
 from keel.server.auth import request_key_id
 from keel.server.body import read_json_object
@@ -68,8 +68,8 @@ def _kind(value: Any) -> str:
 def failed_response(outcome: Outcome) -> Response:
     """Every target failed: 502, or 429 with Retry-After when the last one was rate-limited."""
     headers = keel_headers(outcome)
-    if outcome.error_code == "upstream_rate_limited":
-        status, type_ = 429, "rate_limit_error"
+    if outcome.error_code == UpstreamRateLimited.code:
+        status, type_ = UpstreamRateLimited.status, UpstreamRateLimited.type
         headers["retry-after"] = str(max(1, math.ceil(outcome.retry_after or 1)))
     else:
         status, type_ = 502, "api_error"
