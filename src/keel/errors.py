@@ -16,6 +16,10 @@
     ├── NotFound                404
     │   ├── FeatureNotFound     404  feature_not_found
     │   ├── ReviewNotFound      404  review_not_found
+    │   ├── VersionNotFound     404  version_not_found
+    │   ├── DatasetNotFound     404  dataset_not_found     (no such dataset or dataset version)
+    │   ├── EvalRunNotFound     404  eval_run_not_found
+    │   ├── RolloutNotFound     404  rollout_not_found     (no rollout, or none active)
     │   └── RouteNotFound       404  not_found
     ├── ProviderError           502  one attempt at one target failed
     │   ├── ProviderTimeout     504  provider_timeout      (retryable)
@@ -26,6 +30,10 @@
     ├── ReviewConflict          409  the verdict cannot be taken in the item's state
     │   ├── ReviewClosed        409  review_closed
     │   └── ReviewDuplicate     409  review_duplicate      (same reviewer twice)
+    ├── ControlConflict         409  a control-plane change the current state forbids
+    │   ├── VersionExists       409  version_exists        (versions are immutable)
+    │   ├── GateRequired        409  gate_required         (champion needs a passing eval)
+    │   └── RolloutConflict     409  rollout_conflict      (one active rollout per feature)
     ├── InvalidApiKey           401  invalid_api_key       (gateway keys are set; none valid)
     ├── UpstreamRateLimited     429  upstream_rate_limited (every target was rate-limited)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
@@ -113,6 +121,22 @@ class ReviewNotFound(NotFound):
     code = "review_not_found"
 
 
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class EvalRunNotFound(NotFound):
+    code = "eval_run_not_found"
+
+
+class RolloutNotFound(NotFound):
+    code = "rollout_not_found"
+
+
 class RouteNotFound(NotFound):
     code = "not_found"
 
@@ -177,6 +201,26 @@ class ReviewClosed(ReviewConflict):
 
 class ReviewDuplicate(ReviewConflict):
     code = "review_duplicate"
+
+
+class ControlConflict(KeelError):
+    """A control-plane change (alias move, registration, rollout) the state forbids."""
+
+    code = "control_conflict"
+    status = 409
+    type = "invalid_request_error"
+
+
+class VersionExists(ControlConflict):
+    code = "version_exists"
+
+
+class GateRequired(ControlConflict):
+    code = "gate_required"
+
+
+class RolloutConflict(ControlConflict):
+    code = "rollout_conflict"
 
 
 class InvalidApiKey(KeelError):

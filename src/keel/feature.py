@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from keel.providers.base import Provider, ProviderRequest
-from keel.spec import FeatureSpec, KeelSpec, ProviderSpec
+from keel.spec import FeatureSpec, KeelSpec, ProviderSpec, VersionSpec
 from keel.stages.checks import Check, build_checks
 from keel.stages.circuit import CircuitBreaker, Circuits, CircuitSettings
 from keel.stages.guards import CustomCheck, Guard, build_guards
@@ -44,30 +44,42 @@ class Feature:
         self.guards: list[Guard] = build_guards(spec, custom_checks or {}, count_tokens)
         self.validators: list[Validator] = build_validators(spec, custom_validators, embed)
         self.router = Router(spec.aliases, spec.fallbacks)
+        self._root = root
+        self._providers = providers
+        self._circuits = circuits
         self.targets: dict[str, Target] = {}
         for vname, version in spec.versions.items():
-            pspec = root.providers.get(version.provider, LOCAL)
-            params = dict(version.params)
-            if spec.input.text_field:
-                params.setdefault("text_field", spec.input.text_field)
-            template = ProviderRequest(
-                feature=name,
-                version=vname,
-                model=version.model,
-                input={},
-                output_kind=spec.output.kind,
-                timeout_s=version.timeout_s or pspec.timeout_s,
-                first_byte_timeout_s=pspec.first_byte_timeout_s,
-                prompt=version.prompt,
-                system=version.system,
-                labels=spec.output.labels,
-                label_descriptions=spec.output.label_descriptions or None,
-                params=params,
-            )
-            breaker = circuits.get(version.provider, version.model, CircuitSettings(
-                pspec.circuit.failure_threshold, pspec.circuit.reset_after_s))
-            self.targets[vname] = Target(vname, providers[version.provider], pspec.type, template,
-                                         breaker)
+            self.add_version(vname, version)
+
+    def add_version(self, vname: str, version: VersionSpec) -> Target:
+        """Compile one version into a target (keel.yaml's at start; registered ones later).
+        Its provider must be in ``providers``; the caller prepares the target."""
+        spec, root = self.spec, self._root
+        if vname not in spec.versions:
+            self.spec = spec.model_copy(update={"versions": {**spec.versions, vname: version}})
+        pspec = root.providers.get(version.provider, LOCAL)
+        params = dict(version.params)
+        if spec.input.text_field:
+            params.setdefault("text_field", spec.input.text_field)
+        template = ProviderRequest(
+            feature=self.name,
+            version=vname,
+            model=version.model,
+            input={},
+            output_kind=spec.output.kind,
+            timeout_s=version.timeout_s or pspec.timeout_s,
+            first_byte_timeout_s=pspec.first_byte_timeout_s,
+            prompt=version.prompt,
+            system=version.system,
+            labels=spec.output.labels,
+            label_descriptions=spec.output.label_descriptions or None,
+            params=params,
+        )
+        breaker = self._circuits.get(version.provider, version.model, CircuitSettings(
+            pspec.circuit.failure_threshold, pspec.circuit.reset_after_s))
+        target = Target(vname, self._providers[version.provider], pspec.type, template, breaker)
+        self.targets[vname] = target
+        return target
 
     def request(self, version: str, input: dict[str, JSON],
                 options: dict[str, JSON] | None = None) -> ProviderRequest:

@@ -10,19 +10,19 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 import numpy as np
 import numpy.typing as npt
 
-from keel.errors import ConfigError, KeelError
+from keel.errors import ConfigError, KeelError, VersionNotFound
 from keel.feature import Feature
 from keel.pipeline import Pipeline
 from keel.pricing import Pricing
 from keel.providers import Provider, ProviderRequest, build_provider
 from keel.settings import Settings
-from keel.spec import KeelSpec, ProviderSpec, load_spec
+from keel.spec import KeelSpec, ProviderSpec, VersionSpec, load_spec
 from keel.stages.circuit import Circuits
 from keel.stages.guards import CustomCheck
 from keel.stages.hold import ReviewHub
@@ -33,6 +33,9 @@ from keel.store import SQLiteStore
 from keel.store.policy import policy_overrides
 from keel.streaming import StreamStart
 from keel.types import JSON, Call, Delta, Outcome
+
+if TYPE_CHECKING:
+    from keel.control.sync import ControlSync
 
 
 class TraceIds:
@@ -84,6 +87,7 @@ class Keel:
         grounded = any(v.type == "groundedness" for f in spec.features.values() for v in f.validators)
         if grounded:
             used.add("local")  # groundedness embeds with the local model
+        self._provider_specs = provider_specs
         self.providers: dict[str, Provider] = {
             name: build_provider(name, pspec, self.settings.extra_provider_types)
             for name, pspec in provider_specs.items()
@@ -105,6 +109,7 @@ class Keel:
         )
         self._trace_ids = TraceIds()
         self._started = False
+        self.sync: ControlSync | None = None
 
     @classmethod
     def from_config(cls, settings: Settings | None = None) -> Keel:
@@ -116,6 +121,10 @@ class Keel:
         if self._started:
             return
         self.store.migrate()
+        from keel.control.sync import ControlSync  # the hot path never imports the control plane
+
+        self.sync = ControlSync(self)
+        self.sync.bootstrap()  # keel.yaml's versions into the registry; the store's aliases
         self.apply_policy_overrides()
         self.writer.start()
         if any(f.spec.review.mode == "held" for f in self.features.values()):
@@ -136,10 +145,31 @@ class Keel:
                         await target.provider.prepare(target.template)
                     except KeelError as exc:
                         raise ConfigError(f"features.{fname}.versions.{vname}: {exc.message}") from None
+            await self.sync.load_registered()  # versions trained or registered since
         except BaseException:
             await self.close()
             raise
+        self.sync.start()
         self._started = True
+
+    async def load_version(self, feature: str, name: str, spec: VersionSpec) -> None:
+        """Serve a registered version in this process: build its provider if none serves
+        it yet, compile its target and prepare it (a local head is loaded here)."""
+        pname = spec.provider
+        if pname not in self.providers:
+            pspec = self._provider_specs.get(pname)
+            if pspec is None:
+                raise ConfigError(f"version '{name}' of '{feature}' uses provider '{pname}', "
+                                  "which keel.yaml does not define")
+            provider = build_provider(pname, pspec, self.settings.extra_provider_types)
+            await provider.start()
+            self.providers[pname] = provider
+        target = self.features[feature].add_version(name, spec)
+        try:
+            await target.provider.prepare(target.template)
+        except BaseException:
+            self.features[feature].targets.pop(name, None)
+            raise
 
     def apply_policy_overrides(self) -> None:
         """Thresholds changed through the control plane (keel calibrate --apply) win over
@@ -155,6 +185,8 @@ class Keel:
 
     async def close(self) -> None:
         """Close providers, then drain the event writer: nothing accepted is lost."""
+        if self.sync is not None:
+            await self.sync.stop()
         for provider in self.providers.values():
             await provider.close()
         self.writer.close()
@@ -180,9 +212,17 @@ class Keel:
         trace_id: str | None = None,
         body_bytes: int = 0,
         options: dict[str, JSON] | None = None,
+        session: str | None = None,
+        pin: str | None = None,
     ) -> Outcome:
+        """Serve one call. ``session`` keeps a canary split sticky when there is no user;
+        ``pin`` serves exactly that version and records nothing (evaluation runs)."""
+        if pin is not None:
+            target = self.pipeline.feature(feature).targets.get(pin)
+            if target is None:
+                raise VersionNotFound(f"feature '{feature}' has no version '{pin}' loaded")
         call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
-                    options or {})
+                    options or {}, session, pin)
         return await self.pipeline.run(call)
 
     def stream(
@@ -195,10 +235,11 @@ class Keel:
         trace_id: str | None = None,
         body_bytes: int = 0,
         options: dict[str, JSON] | None = None,
+        session: str | None = None,
     ) -> AsyncIterator[StreamStart | Delta | Outcome]:
         """Deltas as they arrive, then the Outcome (see :mod:`keel.streaming`)."""
         call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
-                    options or {})
+                    options or {}, session)
         return self.pipeline.stream(call)
 
 

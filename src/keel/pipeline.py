@@ -119,6 +119,8 @@ class Pipeline:
         t = clock()
 
         route = feature.router.route(call)
+
+        call.routed = route.versions[0]
         t2 = clock()
         timings["route"] = _ms(t, t2)
 
@@ -223,7 +225,9 @@ class Pipeline:
                 outcome.decision, outcome.reason = Decision.REVIEW, guarded.review
         # one coin per call, whatever the decision: audited items are an unbiased sample
         audit = bool(feature.spec.review.audit_rate) and self.rng.random() < feature.spec.review.audit_rate
-        if outcome.decision is Decision.REVIEW:
+        if call.pin is not None:
+            pass  # an eval call: people review live traffic, not evaluation runs
+        elif outcome.decision is Decision.REVIEW:
             await self._review(feature, call, outcome, timings, audit)
         elif audit and outcome.decision in USABLE:
             self.queue_review(feature, call, outcome, "deferred", reason="audit sample", audit=True)
@@ -262,6 +266,9 @@ class Pipeline:
 
     def emit(self, call: Call, start: float, timings: dict[str, float], outcome: Outcome) -> None:
         t = time.perf_counter()
+        if call.pin is not None:  # eval traffic is stored by its eval run, not as live events
+            timings["total"] = _ms(start, t)
+            return
         latency = _ms(start, t)
         feature = self.features.get(outcome.feature)
         # vectors are large and say nothing a person reads: keep them out of events
@@ -279,7 +286,7 @@ class Pipeline:
                 input=call.input if self._store_payloads else None,
                 output=outcome.output if keep_output else None,
                 user=call.user, key=call.key, reason=outcome.reason,
-                error_code=outcome.error_code, checks=outcome.checks,
+                error_code=outcome.error_code, checks=outcome.checks, routed=call.routed,
             )
         )
 

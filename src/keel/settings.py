@@ -23,6 +23,16 @@ class Settings:
     extra_provider_types: dict[str, str] = field(default_factory=dict)
     # gateway keys; empty: no key needed (bind to 127.0.0.1 then)
     api_keys: frozenset[str] = frozenset()
+    # where trained versions' files go; default: "artifacts" beside the database
+    artifacts: Path | None = None
+    # how often a running Keel picks up control-plane changes made elsewhere (alias
+    # moves, new versions, rollout steps, thresholds) and the leader ticks the rollout
+    # controller; 0 switches the loop off
+    control_interval_s: float = 1.0
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifacts or self.database.parent / "artifacts"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -41,6 +51,10 @@ class Settings:
             values["max_body_bytes"] = int(env["KEEL_MAX_BODY_BYTES"])
         if "KEEL_STORE_PAYLOADS" in env:
             values["store_payloads"] = env["KEEL_STORE_PAYLOADS"].lower() not in {"0", "false", "no"}
+        if "KEEL_ARTIFACTS" in env:
+            values["artifacts"] = Path(env["KEEL_ARTIFACTS"])
+        if "KEEL_CONTROL_INTERVAL_S" in env:
+            values["control_interval_s"] = float(env["KEEL_CONTROL_INTERVAL_S"])
         if env.get("KEEL_API_KEYS"):
             values["api_keys"] = frozenset(k.strip() for k in env["KEEL_API_KEYS"].split(",") if k.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -277,6 +277,84 @@ class ReviewSpec(_Strict):
                     "calibration sees the whole confidence range, not only the doubtful")
 
 
+class NonInferioritySpec(_Strict):
+    """The candidate may be at most ``delta`` worse than the champion on ``metric``: the
+    lower bound of a paired bootstrap interval of (candidate - champion) must lie above
+    ``-delta``."""
+
+    metric: str = "accuracy"
+    delta: float = Field(default=0.02, ge=0, le=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    resamples: int = Field(default=2000, ge=100, le=100_000)
+    seed: int = Field(default=0, ge=0, description="bootstrap seed: same runs, same answer")
+
+
+class GateSpec(_Strict):
+    """What a version must pass on a pinned dataset version before it may be champion
+    (``keel eval --gate``, promotion, rollout start)."""
+
+    dataset: str | None = Field(
+        default=None,
+        description="'name@N' pins version N; a bare 'name' uses the pin set with keel data pin")
+    split: str | None = Field(default=None, description="evaluate one split only (e.g. eval)")
+    floors: dict[str, float] = Field(
+        default_factory=dict, description="metric -> minimum, e.g. {accuracy: 0.8}")
+    ceilings: dict[str, float] = Field(
+        default_factory=dict, description="metric -> maximum, e.g. {latency_p95_ms: 200}")
+    non_inferiority: NonInferioritySpec | None = Field(default_factory=NonInferioritySpec)
+    max_latency_ratio: float | None = Field(
+        default=1.25, gt=0, description="candidate p95 latency / champion's, at most")
+    max_cost_ratio: float | None = Field(
+        default=1.10, gt=0, description="candidate cost per call / champion's, at most")
+
+
+class RolloutSLOSpec(_Strict):
+    """Hard limits for a canary: crossing one rolls back at once."""
+
+    error_rate: float | None = Field(default=0.5, ge=0, le=1)
+    validation_failure_rate: float | None = Field(default=None, ge=0, le=1)
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    cost_per_call_usd: float | None = Field(default=None, ge=0)
+    min_calls: int = Field(default=20, ge=1, description="canary calls before a limit is judged")
+
+
+class RolloutSpec(_Strict):
+    """How a canary version takes traffic from the champion, and how it is judged."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.25, 0.5, 1.0])
+    sticky: Literal["user", "session", "none"] = Field(
+        default="user",
+        description="user: by the call's user, else its session; session: by session only")
+    min_calls: int = Field(default=200, ge=1, description="per version and step before judging")
+    min_step_s: float = Field(default=60.0, ge=0, description="least time at each step")
+    progress_deadline_s: float = Field(
+        default=3600.0, gt=0, description="inconclusive for this long -> roll back")
+    alpha: float = Field(default=0.05, gt=0, lt=1,
+                         description="false-rollback budget over all metrics and steps")
+    min_effect: float = Field(default=0.02, ge=0, le=1,
+                              description="least worse rate (absolute) that counts as worse")
+    max_latency_ratio: float = Field(default=1.5, gt=1)
+    latency_slack_ms: float = Field(
+        default=20.0, ge=0,
+        description="p95 latency counts as worse only when it is also this much higher: "
+                    "ratios of tiny latencies are noise")
+    max_cost_ratio: float = Field(default=1.25, gt=1,
+                                  description="candidate cost per call / champion's, at most")
+    min_verdicts: int = Field(default=30, ge=1,
+                              description="human verdicts per version before overrides count")
+    slo: RolloutSLOSpec = Field(default_factory=RolloutSLOSpec)
+    require_gate: bool = Field(default=True, description="start only with a passing eval")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < w <= 1 for w in steps) or steps != sorted(set(steps)):
+            raise ValueError("steps must be increasing shares in (0, 1], e.g. [0.05, 0.5, 1.0]")
+        if steps[-1] != 1.0:
+            raise ValueError("the last step must be 1.0 (all traffic) so a rollout can finish")
+        return steps
+
+
 class RetrySpec(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
     backoff_s: float = Field(default=0.05, ge=0)
@@ -314,6 +392,8 @@ class FeatureSpec(_Strict):
     policy: PolicySpec = Field(default_factory=PolicySpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     review: ReviewSpec = Field(default_factory=ReviewSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     safe_default: JSON = None
 
     @model_validator(mode="before")

@@ -116,6 +116,7 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
         return
     t = clock()
     route = feature.router.route(call)
+    call.routed = route.versions[0]
     timings["route"] = _ms(t)
 
     attempts: list[Attempt] = []

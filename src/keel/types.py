@@ -48,6 +48,14 @@ class Call:
     body_bytes: int = 0
     # per-call Chat Completions options (tools, temperature, ...) for chat features
     options: dict[str, JSON] = field(default_factory=dict)
+    # the session a canary split sticks to when there is no user (the feature API's
+    # "session", or the X-Keel-Session header)
+    session: str | None = None
+    # evaluation: serve exactly this version (no split, no fallback), record no event
+    # and queue no review, so eval traffic never counts as live traffic
+    pin: str | None = None
+    # set by the route stage: the version chosen first (events group canary metrics by it)
+    routed: str | None = None
 
 
 @dataclass(slots=True)
@@ -205,3 +213,4 @@ class Event:
     reason: str | None = None
     error_code: str | None = None
     checks: list[Any] = field(default_factory=list)
+    routed: str | None = None

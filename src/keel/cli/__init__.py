@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli import calibrate, call, check, evaluate, events, review, serve
+from keel.cli import (
+    calibrate,
+    call,
+    check,
+    data,
+    eval_runs,
+    evaluate,
+    events,
+    review,
+    rollout,
+    serve,
+    versions,
+)
 
 app = typer.Typer(
     name="keel",
@@ -18,8 +30,12 @@ app.command("call")(call.call)
 app.command("check")(check.check)
 app.command("events")(events.events)
 app.command("eval")(evaluate.evaluate)
+app.command("eval-runs")(eval_runs.runs)
 app.add_typer(review.app, name="review")
+app.add_typer(data.app, name="data")
 app.command("calibrate")(calibrate.calibrate)
+app.add_typer(versions.app, name="versions")
+app.add_typer(rollout.app, name="rollout")
 
 
 def main() -> None:

@@ -1,8 +1,19 @@
-"""``keel eval FEATURE --csv PATH``: a labelled CSV through the feature's champion.
+"""``keel eval FEATURE``: measure a version of a feature.
 
-Runs every row through the real pipeline (checks, route, invoke, validate, decide)
-and reports accuracy, macro-F1, coverage (the share accepted without a human) and
-the accuracy of what was accepted. Events go to a throwaway store unless --db is given.
+Two sources of examples:
+
+* ``--csv PATH``: a labelled CSV through the feature's champion, through the real
+  pipeline (checks, route, invoke, validate, decide): accuracy, macro-F1, coverage (the
+  share accepted without a human) and the accuracy of what was accepted. Events go to a
+  throwaway store unless --db is given; nothing else is stored.
+* a dataset version (``--dataset NAME[@N]``, default the feature's gate dataset): an
+  **eval run** (:mod:`keel.control.evaluation`) of ``--version`` (default the champion),
+  stored in the real store, resumable with ``--resume RUN_ID``. ``--gate`` also runs the
+  champion on the same dataset version when it has no run there yet, applies the
+  feature's gate (:mod:`keel.control.gates`) and exits 1 when it fails (0 when it
+  passes, 2 on usage or config errors): a pre-merge check for any CI.
+
+``keel eval-runs FEATURE`` lists stored runs; ``--run ID`` shows one.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from keel.cli.common import ConfigOpt, DatabaseOpt, console, fail, load, settings_for
+from keel.cli.eval_runs import dataset_eval
+from keel.control.evaluation import classification
 from keel.gateway import Keel
 from keel.types import Decision, Outcome
 
@@ -39,22 +52,8 @@ def read_rows(path: Path, text_column: str, label_column: str, limit: int | None
 
 
 def macro_f1(pairs: list[tuple[str, str | None]]) -> float:
-    tp: Counter[str] = Counter()
-    fp: Counter[str] = Counter()
-    fn: Counter[str] = Counter()
-    for truth, pred in pairs:
-        if pred == truth:
-            tp[truth] += 1
-        else:
-            fn[truth] += 1
-            if pred is not None:
-                fp[pred] += 1
-    labels = {t for t, _ in pairs}
-    scores = []
-    for label in labels:
-        denom = 2 * tp[label] + fp[label] + fn[label]
-        scores.append(2 * tp[label] / denom if denom else 0.0)
-    return sum(scores) / len(scores) if scores else 0.0
+    value = classification(pairs)["macro_f1"]
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 async def run_rows(keel: Keel, feature: str, rows: list[tuple[str, str]], concurrency: int,
@@ -78,15 +77,46 @@ async def run_rows(keel: Keel, feature: str, rows: list[tuple[str, str]], concur
 
 def evaluate(
     feature: Annotated[str, typer.Argument(help="feature to evaluate")],
-    csv_path: Annotated[Path, typer.Option("--csv", help="labelled CSV, e.g. ../shared/data/banking77/test.csv")],
-    text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
-    label_column: Annotated[str, typer.Option(help="column with the true label")] = "category",
-    limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
+    csv_path: Annotated[Path | None, typer.Option(
+        "--csv", help="labelled CSV through the champion, e.g. ../shared/data/banking77/test.csv "
+                      "(nothing stored)")] = None,
+    text_column: Annotated[str, typer.Option(help="--csv: column with the input text")] = "text",
+    label_column: Annotated[str, typer.Option(help="--csv: column with the true label")] = "category",
+    limit: Annotated[int | None, typer.Option(help="--csv: only the first N rows")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="calls in flight")] = 16,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="dataset version NAME@N (NAME: its latest) \\[default: the gate's]")] = None,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="version to evaluate \\[default: the champion]")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="only this split \\[default: gate.split for the gate dataset or --gate]")] = None,
+    scorer: Annotated[list[str] | None, typer.Option(
+        "--scorer", help="label, exact_match, regex=PATTERN, json_valid\\[=SCHEMA.json], "
+                         "similarity, judge=FEATURE\\[@VERSION]; repeat for several "
+                         "\\[default: by output kind]")] = None,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="RUN_ID", help="finish an interrupted run")] = None,
+    gate: Annotated[bool, typer.Option(
+        "--gate", help="apply the feature's gate; exit 1 when it fails")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON, no progress bar")] = False,
+    actor: Annotated[str, typer.Option(help="who runs the evaluation (recorded)")] = "cli",
     config: ConfigOpt = None,
     database: DatabaseOpt = None,
 ) -> None:
-    """Measure a feature's champion on a labelled CSV: accuracy, macro-F1, coverage."""
+    """Measure a version: on a labelled CSV, or as a stored eval run on a dataset version
+    (with --gate: a pre-merge check, exit 1 when the gate fails)."""
+    if csv_path is None:
+        dataset_eval(feature, dataset=dataset, version=version, split=split, scorers=scorer,
+                     concurrency=concurrency, resume=resume, gate=gate, json_out=json_out,
+                     actor=actor, limit=limit, config=config, database=database)
+        return
+    given = [name for name, value in (("--dataset", dataset), ("--version", version),
+                                      ("--split", split), ("--scorer", scorer),
+                                      ("--resume", resume), ("--gate", gate),
+                                      ("--json", json_out)) if value]
+    if given:
+        fail(f"--csv cannot be combined with {', '.join(given)}: those evaluate a stored "
+             "dataset version (commit the examples to a dataset first)")
     rows = read_rows(csv_path, text_column, label_column, limit)
     if not rows:
         fail(f"{csv_path}: no rows")

@@ -11,7 +11,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.gateway import Keel
-from keel.server import errors, features, openai_compat, pages, reviews
+from keel.server import (
+    datasets,
+    errors,
+    features,
+    openai_compat,
+    pages,
+    reviews,
+    rollouts,
+    versions,
+)
 from keel.server.auth import KeyAuth
 
 
@@ -38,6 +47,9 @@ def create_app(keel: Keel) -> FastAPI:
     app.include_router(openai_compat.router)
     app.include_router(pages.router)
     app.include_router(reviews.router)
+    app.include_router(versions.router)
+    app.include_router(rollouts.router)
+    app.include_router(datasets.router)
     # The hot routes are also served as plain Starlette routes ahead of FastAPI's, which
     # skips its per-request dependency machinery (~170 µs); the FastAPI routes stay for
     # the OpenAPI document. The handlers read and write raw bodies either way.

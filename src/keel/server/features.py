@@ -24,7 +24,7 @@ from keel.types import Decision, Outcome
 
 router = APIRouter()
 
-_ENVELOPE_KEYS = frozenset({"input", "user"})
+_ENVELOPE_KEYS = frozenset({"input", "user", "session"})
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -43,12 +43,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                     headers=headers)
 
 
-def parse_envelope(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def parse_envelope(data: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """``{"input": {...}, "user": ..., "session": ...}`` -> (input, user, session)."""
     unknown = set(data) - _ENVELOPE_KEYS
     if unknown:
         raise InvalidRequest(
             f"unknown field(s) {', '.join(sorted(unknown))}; the body is "
-            '{"input": {...}, "user": "optional id"}', param=sorted(unknown)[0])
+            '{"input": {...}, "user": "optional id", "session": "optional id"}',
+            param=sorted(unknown)[0])
     if "input" not in data:
         raise InvalidRequest('body needs "input": the feature\'s input object', param="input")
     input = data["input"]
@@ -57,7 +59,10 @@ def parse_envelope(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest(f'"user" must be a string, got {_kind(user)}', param="user")
-    return input, user
+    session = data.get("session")
+    if session is not None and not isinstance(session, str):
+        raise InvalidRequest(f'"session" must be a string, got {_kind(session)}', param="session")
+    return input, user, session
 
 
 def _kind(value: Any) -> str:
@@ -92,9 +97,9 @@ async def call_feature(name: str, request: Request) -> Response:
     keel: Keel = request.app.state.keel
     keel.pipeline.feature(name)  # 404 before the body is read
     data, size = await read_json_object(request, keel.settings.max_body_bytes)
-    input, user = parse_envelope(data)
+    input, user, session = parse_envelope(data)
     outcome = await keel.call(name, input, user=user, key=request_key_id(request.scope),
-                              body_bytes=size)
+                              body_bytes=size, session=session)
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     return json_response(outcome_body(outcome), headers=keel_headers(outcome))
@@ -112,8 +117,9 @@ async def list_features(request: Request) -> Response:
             "labels": f.spec.output.labels,
             "versions": {
                 v: {"provider": s.provider, "model": s.model} for v, s in f.spec.versions.items()
+                if v in f.targets
             },
-            "aliases": f.spec.aliases,
+            "aliases": f.router.aliases,
             "fallbacks": f.spec.fallbacks,
         }
         for name, f in keel.features.items()

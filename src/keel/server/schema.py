@@ -15,6 +15,8 @@ from keel.types import Outcome
 class FeatureRequest(BaseModel):
     input: dict[str, Any] = Field(description="the feature's input; checked against its schema")
     user: str | None = Field(default=None, description="end-user id, for ledgers and stickiness")
+    session: str | None = Field(default=None, description="session id: keeps a canary split "
+                                "sticky when there is no user")
 
 
 class AttemptBody(BaseModel):

@@ -73,12 +73,13 @@ class SQLiteStore:
                 e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
                 e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
                 _dumps(e.validations), _dumps(e.input), _dumps(e.output), _dumps(e.checks),
+                e.routed,
             )
             for e in events
         ]
         with conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
 
     @staticmethod

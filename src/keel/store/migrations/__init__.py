@@ -116,4 +116,156 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX policy_changes_feature ON policy_changes (feature, field, ts);
         """,
     ),
+    (
+        "005_control",
+        # the control plane (#5): the version registry and its aliases, immutable dataset
+        # versions, eval runs, rollouts, and leases for the one leader among processes.
+        # events.routed is the version the router chose first (events.version is the one
+        # that answered, None on errors): live canary metrics are grouped by it.
+        """
+        ALTER TABLE events ADD COLUMN routed TEXT;
+        CREATE INDEX events_feature_routed_ts ON events (feature, routed, ts);
+        CREATE TABLE versions (
+            feature TEXT NOT NULL,
+            name TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            spec_hash TEXT NOT NULL,
+            artifact_path TEXT,
+            artifact_sha256 TEXT,
+            dataset TEXT,
+            dataset_digest TEXT,
+            card TEXT NOT NULL,
+            source TEXT NOT NULL,
+            registered_by TEXT NOT NULL,
+            registered_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (feature, name),
+            UNIQUE (feature, number)
+        );
+        CREATE TABLE aliases (
+            feature TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (feature, alias)
+        );
+        CREATE TABLE alias_moves (
+            id INTEGER PRIMARY KEY,
+            feature TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            old_version TEXT,
+            new_version TEXT,
+            actor TEXT NOT NULL,
+            forced INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            eval_run TEXT,
+            ts DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX alias_moves_feature ON alias_moves (feature, ts);
+        CREATE TABLE dataset_versions (
+            dataset TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            items INTEGER NOT NULL,
+            splits TEXT NOT NULL,
+            parent INTEGER,
+            note TEXT,
+            created_by TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (dataset, number),
+            UNIQUE (dataset, digest)
+        );
+        CREATE TABLE dataset_items (
+            item_hash TEXT PRIMARY KEY,
+            input TEXT NOT NULL,
+            expected TEXT,
+            metadata TEXT NOT NULL,
+            provenance TEXT NOT NULL
+        );
+        CREATE TABLE dataset_members (
+            dataset TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            item_hash TEXT NOT NULL,
+            split TEXT NOT NULL,
+            PRIMARY KEY (dataset, number, item_hash)
+        );
+        CREATE INDEX dataset_members_split ON dataset_members (dataset, number, split);
+        CREATE TABLE gate_pins (
+            feature TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (feature)
+        );
+        CREATE TABLE eval_runs (
+            id TEXT PRIMARY KEY,
+            feature TEXT NOT NULL,
+            version TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            dataset_number INTEGER NOT NULL,
+            dataset_digest TEXT NOT NULL,
+            split TEXT,
+            status TEXT NOT NULL,
+            config TEXT NOT NULL,
+            metrics TEXT,
+            gate TEXT,
+            passed INTEGER,
+            items INTEGER NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0,
+            actor TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION
+        );
+        CREATE INDEX eval_runs_version ON eval_runs (feature, version, dataset, dataset_number);
+        CREATE TABLE eval_results (
+            run_id TEXT NOT NULL,
+            item_hash TEXT NOT NULL,
+            output TEXT,
+            scores TEXT NOT NULL,
+            latency_ms DOUBLE PRECISION,
+            cost_usd DOUBLE PRECISION,
+            error TEXT,
+            PRIMARY KEY (run_id, item_hash)
+        );
+        CREATE TABLE rollouts (
+            id INTEGER PRIMARY KEY,
+            feature TEXT NOT NULL,
+            candidate TEXT NOT NULL,
+            baseline TEXT NOT NULL,
+            state TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            weight DOUBLE PRECISION NOT NULL,
+            config TEXT NOT NULL,
+            step_started_at DOUBLE PRECISION NOT NULL,
+            inconclusive_since DOUBLE PRECISION,
+            reason TEXT,
+            created_by TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX rollouts_feature_state ON rollouts (feature, state);
+        CREATE TABLE rollout_transitions (
+            id INTEGER PRIMARY KEY,
+            rollout_id INTEGER NOT NULL,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            weight DOUBLE PRECISION NOT NULL,
+            reason TEXT NOT NULL,
+            metrics TEXT,
+            actor TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX rollout_transitions_rollout ON rollout_transitions (rollout_id, ts);
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
