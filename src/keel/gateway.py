@@ -32,7 +32,7 @@ from keel.stages.validate.grounded import Embed
 from keel.store import SQLiteStore
 from keel.store.policy import policy_overrides
 from keel.streaming import StreamStart
-from keel.types import JSON, Call, Delta, Outcome
+from keel.types import JSON, Call, Delta, Event, Outcome, ReviewRequest
 
 if TYPE_CHECKING:
     from keel.control.sync import ControlSync
@@ -103,13 +103,22 @@ class Keel:
             for name, fspec in spec.features.items()
         }
         self.pricing = Pricing(spec.pricing)
+        # observers see every recorded Event as it is submitted, on the event loop, after
+        # the writer has it (metrics, traces, budgets); they must be quick and never raise
+        self.observers: list[Callable[[Event], None]] = []
         self.pipeline = Pipeline(
-            self.features, self.writer.submit, self.pricing,
+            self.features, self._record, self.pricing,
             store_payloads=self.settings.store_payloads,
         )
         self._trace_ids = TraceIds()
         self._started = False
         self.sync: ControlSync | None = None
+
+    def _record(self, record: Event | ReviewRequest) -> None:
+        self.writer.submit(record)
+        if self.observers and isinstance(record, Event):
+            for observe in self.observers:
+                observe(record)
 
     @classmethod
     def from_config(cls, settings: Settings | None = None) -> Keel:
