@@ -306,6 +306,9 @@ class GateSpec(_Strict):
         default=1.25, gt=0, description="candidate p95 latency / champion's, at most")
     max_cost_ratio: float | None = Field(
         default=1.10, gt=0, description="candidate cost per call / champion's, at most")
+    latency_slack_ms: float = Field(
+        default=25.0, ge=0, description="a p95 at most this much above the champion's passes "
+                                        "whatever the ratio (small latencies are noisy)")
 
 
 class RolloutSLOSpec(_Strict):
@@ -355,6 +358,28 @@ class RolloutSpec(_Strict):
         return steps
 
 
+class SLOSpec(_Strict):
+    """Service-level objectives of a feature over a rolling window, with error budgets and
+    multiwindow burn-rate alerts (``keel slo``, ``/api/slo``, docs/observability.md). An
+    objective left unset is not tracked."""
+
+    latency_p95_ms: float | None = Field(
+        default=None, gt=0, description="95% of calls answer within this (5% may be slower)")
+    error_rate: float | None = Field(
+        default=None, gt=0, lt=1, description="share of calls that may end in decision error")
+    validation_failure_rate: float | None = Field(
+        default=None, gt=0, lt=1, description="share of calls with a failed output validator")
+    review_rate: float | None = Field(
+        default=None, gt=0, lt=1, description="share of calls that may be sent to review")
+    cost_per_call_usd: float | None = Field(
+        default=None, gt=0, description="mean cost of a call (calls of known cost)")
+    window_days: float = Field(default=30.0, ge=1, le=90, description="the SLO window")
+    page_burn_rate: float = Field(
+        default=14.4, gt=1, description="page when both 1 h and 5 m burn faster than this")
+    ticket_burn_rate: float = Field(
+        default=6.0, gt=1, description="ticket when both 6 h and 30 m burn faster than this")
+
+
 class RetrySpec(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
     backoff_s: float = Field(default=0.05, ge=0)
@@ -394,6 +419,7 @@ class FeatureSpec(_Strict):
     review: ReviewSpec = Field(default_factory=ReviewSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
     safe_default: JSON = None
 
     @model_validator(mode="before")

@@ -144,11 +144,15 @@ async def test_floors_and_ceilings(keel: Keel) -> None:
 
 async def test_latency_guardrail(keel: Keel) -> None:
     candidate, champion = await runs(keel, CHAMPION_WRONG, candidate_delay=0.03)
-    spec = GateSpec(non_inferiority=None, max_cost_ratio=None)
+    spec = GateSpec(non_inferiority=None, max_cost_ratio=None, latency_slack_ms=0)
     result = evaluate_gate(keel.store, spec, candidate, champion)
     latency = check(result, "latency p95 ratio")
     assert not result.passed and not latency["passed"] and latency["threshold"] == 1.25
     assert latency["value"] > 1.25  # type: ignore[operator]
+    # a difference within the slack passes whatever the ratio
+    slack = GateSpec(non_inferiority=None, max_cost_ratio=None, latency_slack_ms=10_000)
+    within = check(evaluate_gate(keel.store, slack, candidate, champion), "latency p95 ratio")
+    assert within["passed"] and "slack" in within["message"]  # type: ignore[operator]
     # the champion against the slow candidate: faster is fine
     assert evaluate_gate(keel.store, spec, champion, candidate).passed
     off = GateSpec(non_inferiority=None, max_cost_ratio=None, max_latency_ratio=None)

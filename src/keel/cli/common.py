@@ -29,6 +29,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def settings_for(config: Path | None, database: Path | None, **overrides: object) -> Settings:
+    """Settings for a one-off command: its Keel never runs the control-plane loop (a
+    short-lived command must not take the leader lease from a server)."""
+    overrides.setdefault("control_interval_s", 0.0)
     return Settings.from_env(None, config=config, database=database, **overrides)
 
 

@@ -25,7 +25,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Serve every feature of keel.yaml over HTTP (OpenAI-compatible API + feature API)."""
-    settings = settings_for(config, database, host=host, port=port)
+    settings = settings_for(config, database, host=host, port=port, control_interval_s=None)
     if not settings.api_keys and settings.host not in LOOPBACK:
         fail(f"refusing to serve on {settings.host} without API keys: anyone who can reach it "
              "could spend your model budget. Set KEEL_API_KEYS, or bind to 127.0.0.1")

@@ -147,7 +147,9 @@ def _non_inferiority(store: SQLiteStore, spec: NonInferioritySpec, candidate: Ev
 
 
 def _ratio(name: str, metric: str, limit: float, candidate: EvalRun, champion: EvalRun,
-           unit: str) -> GateCheck:
+           unit: str, slack: float = 0.0) -> GateCheck:
+    """``candidate / champion <= limit``; a difference of at most ``slack`` passes anyway
+    (ratios of a few milliseconds are scheduling noise, not a slower version)."""
     mine = metric_value(candidate.metrics, metric)
     theirs = metric_value(champion.metrics, metric)
     if mine is None or theirs is None:
@@ -162,10 +164,12 @@ def _ratio(name: str, metric: str, limit: float, candidate: EvalRun, champion: E
                          f"champion {metric} is 0, candidate's {mine:.4g}{unit}: no ratio bounds "
                          "that (set the gate's ratio to null to allow it)")
     ratio = mine / theirs
-    passed = ratio <= limit
+    within = ratio <= limit
+    passed = within or mine - theirs <= slack
+    note = "" if within or not passed else f" (within the {slack:g}{unit} slack)"
     return GateCheck(name, passed, ratio, limit,
                      f"{mine:.4g}{unit} vs champion {theirs:.4g}{unit}: x{ratio:.3f} "
-                     f"{'<=' if passed else '>'} x{limit:g}")
+                     f"{'<=' if within else '>'} x{limit:g}{note}")
 
 
 def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | str,
@@ -200,7 +204,7 @@ def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | s
             checks.append(_non_inferiority(store, spec.non_inferiority, candidate, champion))
         if spec.max_latency_ratio is not None:
             checks.append(_ratio("latency p95 ratio", "latency_p95_ms", spec.max_latency_ratio,
-                                 candidate, champion, " ms"))
+                                 candidate, champion, " ms", spec.latency_slack_ms))
         if spec.max_cost_ratio is not None:
             checks.append(_ratio("cost per call ratio", "cost_per_call_usd", spec.max_cost_ratio,
                                  candidate, champion, " USD"))

@@ -1,7 +1,8 @@
-"""The datasets API (read-only): datasets, their immutable versions, and items.
+"""The read-only API of what versions are judged on: datasets, their immutable
+versions and items, and eval runs with their metrics and gate results.
 
-Datasets are written by review verdicts (the draft), ``keel data import|commit`` and
-the trainer's callers; here people and dashboards read them.
+Datasets are written by review verdicts (the draft) and ``keel data import|commit``;
+eval runs by ``keel eval``. Here people and dashboards read them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from keel.control.datasets import DatasetStore, DatasetVersion, Item
+from keel.errors import InvalidRequest
 from keel.gateway import Keel
 from keel.server.features import json_response
 from keel.server.reviews import _errors, _int
@@ -61,3 +63,30 @@ async def dataset_items(name: str, number: int, request: Request) -> Response:
     return json_response({"version": version_json(version), "total": len(items), "limit": limit,
                           "offset": offset,
                           "items": [item_json(i) for i in items[offset:offset + limit]]})
+
+
+@router.get("/api/eval-runs", summary="Eval runs of a feature (newest first)",
+            responses=_errors(s400="missing feature", s404="unknown feature"))
+async def eval_runs(request: Request) -> Response:
+    """Query: ``feature`` (required), ``version``, ``limit`` (1..500, default 100)."""
+    from keel.control.evaluation import list_runs
+
+    keel: Keel = request.app.state.keel
+    feature = request.query_params.get("feature")
+    if not feature:
+        raise InvalidRequest("the query needs feature=NAME", param="feature")
+    keel.pipeline.feature(feature)  # 404 feature_not_found
+    limit = _int(request, "limit", 100, 1, 500)
+    runs = await asyncio.to_thread(list_runs, keel.store, feature,
+                                   request.query_params.get("version") or None, limit)
+    return json_response({"runs": [r.to_dict() for r in runs]})
+
+
+@router.get("/api/eval-runs/{run_id}", summary="One eval run: metrics and gate",
+            responses=_errors(s404="no such run"))
+async def eval_run(run_id: str, request: Request) -> Response:
+    from keel.control.evaluation import get_run
+
+    keel: Keel = request.app.state.keel
+    run = await asyncio.to_thread(get_run, keel.store, run_id)
+    return json_response(run.to_dict())
