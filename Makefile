@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test install-llm install-bench serve test lint bench-overhead bench-streaming
+.PHONY: install install-test install-llm install-bench serve test lint bench-overhead bench-streaming bench-dashboard bench-drift
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,11 @@ bench-overhead: install-bench
 
 bench-streaming: install-bench
 	$(BIN)/python bench/streaming.py
+
+# builds a 10M-event SQLite file once (~10 min, cached under /tmp/keel-bench-dashboard)
+bench-dashboard: install-bench
+	$(BIN)/python bench/dashboard.py
+
+# builds a 1M-event SQLite file once (~1 min, kept in bench/results/)
+bench-drift: install-bench
+	$(BIN)/python bench/drift.py

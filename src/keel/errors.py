@@ -20,6 +20,7 @@
     │   ├── DatasetNotFound     404  dataset_not_found     (no such dataset or dataset version)
     │   ├── EvalRunNotFound     404  eval_run_not_found
     │   ├── RolloutNotFound     404  rollout_not_found     (no rollout, or none active)
+    │   ├── EventNotFound       404  event_not_found       (no event with this trace id)
     │   └── RouteNotFound       404  not_found
     ├── ProviderError           502  one attempt at one target failed
     │   ├── ProviderTimeout     504  provider_timeout      (retryable)
@@ -36,6 +37,8 @@
     │   └── RolloutConflict     409  rollout_conflict      (one active rollout per feature)
     ├── InvalidApiKey           401  invalid_api_key       (gateway keys are set; none valid)
     ├── UpstreamRateLimited     429  upstream_rate_limited (every target was rate-limited)
+    ├── BudgetExceeded          429  budget_exceeded       (a spending budget is used up; Retry-After)
+    ├── Throttled               429  rate_limited          (over a requests/tokens-per-minute throttle)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
 
 Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError).
@@ -52,6 +55,8 @@ class KeelError(Exception):
     # OpenAI's error "type" for the same situation, so its SDK maps it right
     type: str = "api_error"
     retryable: bool = False
+    # seconds until trying again can succeed; the HTTP layer sends it as Retry-After
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -135,6 +140,10 @@ class EvalRunNotFound(NotFound):
 
 class RolloutNotFound(NotFound):
     code = "rollout_not_found"
+
+
+class EventNotFound(NotFound):
+    code = "event_not_found"
 
 
 class RouteNotFound(NotFound):
@@ -233,6 +242,30 @@ class UpstreamRateLimited(KeelError):
     code = "upstream_rate_limited"
     status = 429
     type = "rate_limit_error"
+
+
+class BudgetExceeded(KeelError):
+    """Refused before any model was called: a budget of this call's scope is spent."""
+
+    code = "budget_exceeded"
+    status = 429
+    type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Throttled(KeelError):
+    """Refused before any model was called: over a requests- or tokens-per-minute limit."""
+
+    code = "rate_limited"
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AllTargetsFailed(KeelError):

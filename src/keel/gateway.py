@@ -18,11 +18,12 @@ import numpy.typing as npt
 
 from keel.errors import ConfigError, KeelError, VersionNotFound
 from keel.feature import Feature
+from keel.observability import Observability
 from keel.pipeline import Pipeline
 from keel.pricing import Pricing
 from keel.providers import Provider, ProviderRequest, build_provider
 from keel.settings import Settings
-from keel.spec import KeelSpec, ProviderSpec, VersionSpec, load_spec
+from keel.spec import BudgetSpec, KeelSpec, ProviderSpec, VersionSpec, load_spec
 from keel.stages.circuit import Circuits
 from keel.stages.guards import CustomCheck
 from keel.stages.hold import ReviewHub
@@ -35,6 +36,7 @@ from keel.streaming import StreamStart
 from keel.types import JSON, Call, Delta, Event, Outcome, ReviewRequest
 
 if TYPE_CHECKING:
+    from keel.control.alerts import AlertSink
     from keel.control.sync import ControlSync
 
 
@@ -106,13 +108,32 @@ class Keel:
         # observers see every recorded Event as it is submitted, on the event loop, after
         # the writer has it (metrics, traces, budgets); they must be quick and never raise
         self.observers: list[Callable[[Event], None]] = []
+        self.observability = Observability.attach(self)  # /metrics and traces
         self.pipeline = Pipeline(
             self.features, self._record, self.pricing,
             store_payloads=self.settings.store_payloads,
         )
+        self.alerts: AlertSink | None = None
+        if spec.budgets or spec.throttles:
+            from keel.control.alerts import AlertSink
+            from keel.stages.budget import BudgetGate, Limits
+
+            self.alerts = AlertSink(self.store, spec.alerts)
+            limits = Limits(spec.budgets, spec.throttles, spend=self._budget_spend,
+                            thresholds=spec.alerts.thresholds, on_alert=self.alerts.raise_)
+            self.pipeline.budgets = BudgetGate(limits, self.pricing)
+            self.observers.append(self.pipeline.budgets.observe)
         self._trace_ids = TraceIds()
         self._started = False
         self.sync: ControlSync | None = None
+
+    def _budget_spend(self, budget: BudgetSpec, value: str, start: float, end: float) -> float:
+        """What a budget's scope value has spent in [start, end), from the cost ledger."""
+        from keel.store.rollups import spend
+
+        return spend(self.store, scope=budget.scope,
+                     value=None if budget.scope == "all" else value, since=start,
+                     until=end).cost_usd
 
     def _record(self, record: Event | ReviewRequest) -> None:
         self.writer.submit(record)
@@ -159,6 +180,8 @@ class Keel:
             await self.close()
             raise
         self.sync.start()
+        if self.alerts is not None:
+            self.alerts.start()
         self._started = True
 
     async def load_version(self, feature: str, name: str, spec: VersionSpec) -> None:
@@ -196,9 +219,12 @@ class Keel:
         """Close providers, then drain the event writer: nothing accepted is lost."""
         if self.sync is not None:
             await self.sync.stop()
+        if self.alerts is not None:
+            await self.alerts.close()
         for provider in self.providers.values():
             await provider.close()
         self.writer.close()
+        self.observability.close()  # after the writer: the last calls' spans are exported
         self._started = False
 
     def new_trace_id(self) -> str:

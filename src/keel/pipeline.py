@@ -17,15 +17,19 @@ import orjson
 
 from keel.errors import (
     AllTargetsFailed,
+    BudgetExceeded,
     FeatureNotFound,
+    KeelError,
     ProviderError,
     ProviderRateLimited,
     RequestError,
+    Throttled,
     UpstreamRateLimited,
 )
 from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.spec import RetrySpec
+from keel.stages.budget import BudgetGate
 from keel.stages.checks import run_checks
 from keel.stages.decide import USABLE, decide
 from keel.stages.guards import GuardOutcome, run_guards
@@ -64,6 +68,7 @@ class Pipeline:
         self.pricing = pricing
         self._store_payloads = store_payloads
         self.rng = rng or random.Random()
+        self.budgets: BudgetGate | None = None  # set when keel.yaml has budgets or throttles
 
     def feature(self, name: str) -> Feature:
         try:
@@ -91,11 +96,13 @@ class Pipeline:
         t = clock()
         timings["checks"] = _ms(start, t)
         if not feature.guards:
+            await self._limits(feature, call, start, timings)
             return None, None
         guarded = await run_guards(feature.guards, call.input)
         call.input = guarded.input  # redacted: the model, the event and reviewers see this
         timings["guards"] = _ms(t)
         if guarded.refused is None:
+            await self._limits(feature, call, start, timings)
             return guarded, None
         outcome = Outcome(
             trace_id=call.trace_id, feature=feature.name, version=None,
@@ -104,6 +111,23 @@ class Pipeline:
             reason=guarded.refused, finish_reason="content_filter", checks=guarded.results)
         self.emit(call, start, timings, outcome)
         return guarded, outcome
+
+    async def _limits(self, feature: Feature, call: Call, start: float,
+                      timings: dict[str, float]) -> None:
+        """Budgets and throttles: refuse (recorded, then raised as a 429) before any
+        model is called. Eval calls (pinned) are not tenant traffic and pass."""
+        if self.budgets is None or call.pin is not None:
+            return
+        t = time.perf_counter()
+        try:
+            await self.budgets.admit(feature, call)
+        except (BudgetExceeded, Throttled) as exc:
+            timings["limits"] = _ms(t)
+            outcome = _failed(call, feature.name, exc, timings)
+            outcome.decision, outcome.reason = Decision.REFUSED, exc.message
+            self.emit(call, start, timings, outcome)
+            raise
+        timings["limits"] = _ms(t)
 
     async def run(self, call: Call) -> Outcome:
         """Serve one call. Bad input raises a RequestError (and is recorded); every other
@@ -296,7 +320,7 @@ _CANNOT_REASK = frozenset({"local"})
 _NO_RETRY = RetrySpec(max_retries=0)
 
 
-def _failed(call: Call, feature: str, exc: RequestError, timings: dict[str, float]) -> Outcome:
+def _failed(call: Call, feature: str, exc: KeelError, timings: dict[str, float]) -> Outcome:
     return Outcome(
         trace_id=call.trace_id, feature=feature, version=None, output=None,
         decision=Decision.ERROR, confidence=None, timings_ms=timings, cost_usd=0.0,

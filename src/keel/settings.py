@@ -29,6 +29,14 @@ class Settings:
     # moves, new versions, rollout steps, thresholds) and the leader ticks the rollout
     # controller; 0 switches the loop off
     control_interval_s: float = 1.0
+    # Prometheus metrics of every call, served at /metrics (docs/observability.md)
+    metrics: bool = True
+    # how long /metrics reuses the SLO gauges it computed from the store
+    slo_cache_s: float = 15.0
+    # OpenTelemetry trace exporters: "otlp" and/or "console"; empty: no traces (and
+    # opentelemetry is never imported). from_env reads KEEL_TRACES_EXPORTER, else
+    # OTEL_TRACES_EXPORTER, else "otlp" when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set
+    traces_exporters: tuple[str, ...] = ()
 
     @property
     def artifacts_dir(self) -> Path:
@@ -57,5 +65,29 @@ class Settings:
             values["control_interval_s"] = float(env["KEEL_CONTROL_INTERVAL_S"])
         if env.get("KEEL_API_KEYS"):
             values["api_keys"] = frozenset(k.strip() for k in env["KEEL_API_KEYS"].split(",") if k.strip())
+        if "KEEL_METRICS" in env:
+            values["metrics"] = env["KEEL_METRICS"].lower() not in {"0", "false", "no"}
+        if "KEEL_SLO_CACHE_S" in env:
+            values["slo_cache_s"] = float(env["KEEL_SLO_CACHE_S"])
+        values["traces_exporters"] = traces_exporters(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(base, **values)
+
+
+TRACES_EXPORTERS = ("otlp", "console")
+
+
+def traces_exporters(env: dict[str, str]) -> tuple[str, ...]:
+    """The trace exporters the environment asks for, OpenTelemetry's variables included."""
+    from keel.errors import ConfigError
+
+    raw = env.get("KEEL_TRACES_EXPORTER") or env.get("OTEL_TRACES_EXPORTER")
+    if raw is None:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        return ("otlp",) if endpoint else ()
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    unknown = [n for n in names if n not in (*TRACES_EXPORTERS, "none")]
+    if unknown:
+        raise ConfigError(f"traces exporter {', '.join(unknown)} is not supported "
+                          f"(use {', '.join(TRACES_EXPORTERS)} or none)")
+    return () if "none" in names else names

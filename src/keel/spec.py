@@ -456,12 +456,71 @@ class FeatureSpec(_Strict):
         return self
 
 
+Scope = Literal["key", "user", "feature", "all"]
+
+
+class BudgetSpec(_Strict):
+    """Money a scope may spend per UTC day or month. With ``match`` the budget is one
+    key / user / feature's; without it, every key / user / feature gets its own."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    scope: Scope
+    match: str | None = Field(default=None, description="the key id, user or feature it is for")
+    period: Literal["day", "month"] = "day"
+    limit_usd: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _match_fits_scope(self) -> BudgetSpec:
+        if self.scope == "all" and self.match is not None:
+            raise ValueError("a budget with scope 'all' has no match")
+        return self
+
+
+class ThrottleSpec(_Strict):
+    """Requests and tokens per minute a scope may use (each key / user / feature its own
+    unless ``match`` names one)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    scope: Scope
+    match: str | None = None
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ThrottleSpec:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("a throttle needs requests_per_minute and/or tokens_per_minute")
+        if self.scope == "all" and self.match is not None:
+            raise ValueError("a throttle with scope 'all' has no match")
+        return self
+
+
+class AlertsSpec(_Strict):
+    """Where budget alerts (50/80/100% spent) go besides the store and the dashboard."""
+
+    webhook: str | None = Field(default=None, description="POSTed a JSON alert; use ${ENV}")
+    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
 class KeelSpec(_Strict):
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
     pricing: dict[str, PriceSpec] = Field(
         default_factory=dict, description="model id -> price; overrides the packaged table"
     )
     features: dict[str, FeatureSpec]
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    throttles: list[ThrottleSpec] = Field(default_factory=list)
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+
+    @model_validator(mode="after")
+    def _unique_limit_names(self) -> KeelSpec:
+        for kind, items in (("budgets", self.budgets), ("throttles", self.throttles)):
+            names = [b.name for b in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: names must be unique ({', '.join(dupes)} repeated)")
+        return self
 
     @model_validator(mode="after")
     def _providers_exist(self) -> KeelSpec:

@@ -9,12 +9,14 @@ from keel.cli import (
     call,
     check,
     data,
+    drift,
     eval_runs,
     evaluate,
     events,
     review,
     rollout,
     serve,
+    slo,
     versions,
 )
 
@@ -34,8 +36,10 @@ app.command("eval-runs")(eval_runs.runs)
 app.add_typer(review.app, name="review")
 app.add_typer(data.app, name="data")
 app.command("calibrate")(calibrate.calibrate)
+app.command("drift")(drift.drift)
 app.add_typer(versions.app, name="versions")
 app.add_typer(rollout.app, name="rollout")
+app.command("slo")(slo.slo)
 
 
 def main() -> None:

@@ -12,13 +12,17 @@ from starlette.routing import Route
 
 from keel.gateway import Keel
 from keel.server import (
+    budgets,
     datasets,
+    drift,
     errors,
     features,
+    observability,
     openai_compat,
     pages,
     reviews,
     rollouts,
+    stats,
     versions,
 )
 from keel.server.auth import KeyAuth
@@ -50,6 +54,10 @@ def create_app(keel: Keel) -> FastAPI:
     app.include_router(versions.router)
     app.include_router(rollouts.router)
     app.include_router(datasets.router)
+    app.include_router(drift.router)
+    app.include_router(stats.router)
+    app.include_router(budgets.router)
+    app.include_router(observability.router)
     # The hot routes are also served as plain Starlette routes ahead of FastAPI's, which
     # skips its per-request dependency machinery (~170 µs); the FastAPI routes stay for
     # the OpenAPI document. The handlers read and write raw bodies either way.
@@ -57,6 +65,7 @@ def create_app(keel: Keel) -> FastAPI:
         Route("/v1/chat/completions", openai_compat.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", openai_compat.embeddings, methods=["POST"]),
         Route("/v1/features/{name}", _call_feature, methods=["POST"]),
+        Route("/metrics", observability.metrics, methods=["GET"]),  # Prometheus
     ]
 
     @app.get("/healthz", summary="Liveness and what is loaded")

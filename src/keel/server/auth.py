@@ -1,5 +1,6 @@
 """Gateway keys: when any are configured, every ``/v1`` and ``/api`` request must carry
-one as ``Authorization: Bearer <key>`` (or ``x-api-key``), else 401 ``invalid_api_key``
+one as ``Authorization: Bearer <key>`` (or ``x-api-key``), and so must ``/metrics``
+(Prometheus sends it with ``authorization.credentials``), else 401 ``invalid_api_key``
 in OpenAI's error shape, so its SDK raises ``AuthenticationError``.
 
 Keys are held only as SHA-256 digests and compared in constant time. The key's short
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keel.errors import InvalidApiKey
 from keel.server.errors import error_response
 
-PROTECTED_PREFIXES = ("/v1/", "/api/")
+PROTECTED_PREFIXES = ("/v1/", "/api/", "/metrics")
 
 
 def digest(key: str) -> str:

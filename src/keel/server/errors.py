@@ -5,6 +5,7 @@ traces, ever; unexpected exceptions are logged and answered with a 500 ``interna
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -35,6 +36,8 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_lar
 def install(app: FastAPI) -> None:
     async def on_keel(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, KeelError)
+        if exc.retry_after is not None:
+            return keel_error_response(exc, {"retry-after": str(max(1, math.ceil(exc.retry_after)))})
         return keel_error_response(exc)
 
     async def on_http(request: Request, exc: Exception) -> Response:

@@ -1,5 +1,6 @@
-"""The web pages Keel serves itself: ``GET /review`` (the human review queue) and its
-assets under ``GET /static/{file}``.
+"""The web pages Keel serves itself: ``GET /`` (the dashboard, also at ``/dashboard`` and
+``/dashboard/...``), ``GET /review`` (the human review queue) and their assets under
+``GET /static/{file}``.
 
 The files are plain HTML, CSS and ES modules shipped inside the package
 (``keel/server/static``) and read with :mod:`importlib.resources`, so an installed
@@ -62,6 +63,14 @@ def _page(name: str) -> Response:
     body, content_type = static_file(name)
     return Response(body, media_type=content_type,
                     headers={**_HEADERS, "content-security-policy": _CSP})
+
+
+@router.get("/", summary="The dashboard (a web page)", include_in_schema=False)
+@router.get("/dashboard", summary="The dashboard (a web page)", include_in_schema=False)
+@router.get("/dashboard/{rest:path}", summary="The dashboard (a web page)", include_in_schema=False)
+async def dashboard_page() -> Response:
+    # one page; its own script routes by the URL's fragment (/#/events, /#/features/x)
+    return _page("dashboard.html")
 
 
 @router.get("/review", summary="The human review queue (a web page)", include_in_schema=False)

@@ -16,12 +16,30 @@ from typing import Any
 
 import orjson
 
-from keel.store.migrations import MIGRATIONS
+from keel.store import rollups
+from keel.store.migrations import DATA_STEPS, MIGRATIONS
 from keel.types import Event, ReviewRequest
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+_INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (
+        e.trace_id, e.ts, e.feature, e.version, str(e.decision), e.confidence,
+        e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
+        e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
+        _dumps(e.validations), _dumps(e.input), _dumps(e.output), _dumps(e.checks),
+        e.routed,
+    )
+
+
+class _Redelivered(Exception):
+    """A batch held events stored before (at-least-once delivery)."""
 
 
 class SQLiteStore:
@@ -56,8 +74,13 @@ class SQLiteStore:
                 if name in done:
                     continue
                 with conn:
+                    # the SQL, its data step and the record: all or nothing (DDL is
+                    # transactional in SQLite and PostgreSQL)
+                    conn.execute("BEGIN IMMEDIATE")
                     for statement in filter(str.strip, sql.split(";")):
                         conn.execute(statement)
+                    if name in DATA_STEPS:
+                        DATA_STEPS[name](conn)
                     conn.execute(
                         "INSERT INTO keel_migrations VALUES (?, ?)", (name, time.time())
                     )
@@ -66,21 +89,33 @@ class SQLiteStore:
 
     @staticmethod
     def write_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-        """One transaction per batch. Idempotent on trace_id (at-least-once safe)."""
-        rows = [
-            (
-                e.trace_id, e.ts, e.feature, e.version, str(e.decision), e.confidence,
-                e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
-                e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
-                _dumps(e.validations), _dumps(e.input), _dumps(e.output), _dumps(e.checks),
-                e.routed,
-            )
-            for e in events
-        ]
+        """One transaction per batch. Idempotent on trace_id (at-least-once safe): the
+        events actually inserted, and only those, are added to the rollups and the ledger
+        in the same transaction (:mod:`keel.store.rollups`)."""
+        firsts: dict[str, Event] = {}  # a trace id twice in one batch: the first one wins
+        for e in events:
+            firsts.setdefault(e.trace_id, e)
+        fresh = list(firsts.values())
+        try:
+            with conn:
+                inserted = conn.executemany(_INSERT_EVENT, map(_event_row, fresh)).rowcount
+                if inserted != len(fresh):
+                    raise _Redelivered  # some were stored before: undo, then sort them out
+                rollups.add_events(conn, fresh)
+            return
+        except _Redelivered:
+            pass
         with conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-            )
+            conn.execute("BEGIN IMMEDIATE")  # no other writer between the look and the insert
+            stored: set[str] = set()
+            for i in range(0, len(fresh), 500):
+                ids = [e.trace_id for e in fresh[i:i + 500]]
+                stored.update(r[0] for r in conn.execute(
+                    f"SELECT trace_id FROM events WHERE trace_id IN ({','.join('?' * len(ids))})",
+                    ids))
+            fresh = [e for e in fresh if e.trace_id not in stored]
+            conn.executemany(_INSERT_EVENT, map(_event_row, fresh))
+            rollups.add_events(conn, fresh)
 
     @staticmethod
     def write_reviews(conn: sqlite3.Connection, items: Sequence[ReviewRequest]) -> None:

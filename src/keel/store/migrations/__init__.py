@@ -6,6 +6,86 @@ subset SQLite and PostgreSQL share, so both backends run the same list.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+
+from keel.store import rollups
+
+
+def _rollups_006() -> str:
+    """006_rollups, written out by code because of its 72 histogram columns; frozen with
+    the migration (keel.store.rollups describes the tables and reads them)."""
+    hist = ", ".join(f"h{i:02d} BIGINT NOT NULL DEFAULT 0" for i in range(72))
+    tables = []
+    for level in ("minute", "hour", "day"):
+        tables.append(f"""
+        CREATE TABLE rollup_{level} (
+            bucket BIGINT NOT NULL,
+            feature TEXT NOT NULL,
+            version TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            calls BIGINT NOT NULL,
+            client_errors BIGINT NOT NULL,
+            validation_failures BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cost_usd DOUBLE PRECISION NOT NULL,
+            cost_unknown BIGINT NOT NULL,
+            latency_sum DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (bucket, feature, version, decision)
+        );
+        CREATE INDEX rollup_{level}_feature ON rollup_{level} (feature, bucket);
+        CREATE TABLE latency_{level} (
+            bucket BIGINT NOT NULL,
+            feature TEXT NOT NULL,
+            version TEXT NOT NULL,
+            latency_min DOUBLE PRECISION NOT NULL,
+            latency_max DOUBLE PRECISION NOT NULL,
+            {hist},
+            PRIMARY KEY (bucket, feature, version)
+        );
+        CREATE INDEX latency_{level}_feature ON latency_{level} (feature, bucket);""")
+    return "".join(tables) + """
+        CREATE TABLE ledger (
+            day BIGINT NOT NULL,
+            feature TEXT NOT NULL,
+            version TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            calls BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cost_usd DOUBLE PRECISION NOT NULL,
+            cost_unknown BIGINT NOT NULL,
+            PRIMARY KEY (day, feature, version, key_id, user_id)
+        );
+        CREATE TABLE ledger_user (
+            day BIGINT NOT NULL,
+            user_id TEXT NOT NULL,
+            calls BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cost_usd DOUBLE PRECISION NOT NULL,
+            cost_unknown BIGINT NOT NULL,
+            PRIMARY KEY (day, user_id)
+        );
+        CREATE INDEX ledger_user_user ON ledger_user (user_id, day);
+        CREATE TABLE ledger_key (
+            day BIGINT NOT NULL,
+            key_id TEXT NOT NULL,
+            calls BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cost_usd DOUBLE PRECISION NOT NULL,
+            cost_unknown BIGINT NOT NULL,
+            PRIMARY KEY (day, key_id)
+        );
+        CREATE INDEX events_decision_ts ON events (decision, ts) WHERE decision <> 'accepted';
+        CREATE INDEX events_user_ts ON events (user_id, ts);
+        CREATE INDEX events_key_ts ON events (key_id, ts);
+        """
+
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "001_events",
@@ -268,4 +348,40 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "006_rollups",
+        # the dashboard's aggregates and the cost ledger, kept by the event writer in the
+        # transaction that inserts the events (keel.store.rollups); filled from the events
+        # already stored by the migration's data step (DATA_STEPS). Empty version, user or
+        # key is ''. Plus the events indexes the explorer's filters need.
+        _rollups_006(),
+    ),
+    (
+        "007_budget_alerts",
+        # one row per budget, scope value, period and threshold crossed (50/80/100%);
+        # delivered: NULL when no webhook is set, else whether the webhook took it
+        """
+        CREATE TABLE budget_alerts (
+            id INTEGER PRIMARY KEY,
+            budget TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            value TEXT NOT NULL,
+            period TEXT NOT NULL,
+            period_start DOUBLE PRECISION NOT NULL,
+            threshold DOUBLE PRECISION NOT NULL,
+            spent_usd DOUBLE PRECISION NOT NULL,
+            limit_usd DOUBLE PRECISION NOT NULL,
+            delivered INTEGER,
+            ts DOUBLE PRECISION NOT NULL,
+            UNIQUE (budget, value, period_start, threshold)
+        );
+        CREATE INDEX budget_alerts_ts ON budget_alerts (ts);
+        """,
+    ),
 ]
+
+# Python steps run after a migration's SQL, in the same transaction: data the shared SQL
+# subset cannot compute portably (006: the rollups of the events already stored)
+DATA_STEPS: dict[str, Callable[[sqlite3.Connection], object]] = {
+    "006_rollups": rollups.backfill,
+}
