@@ -39,7 +39,7 @@ def test_every_documented_error_code_exists() -> None:
 def test_every_documented_command_exists() -> None:
     commands = set(re.findall(r"\bkeel (\w+)", README)) - {"check keel"}
     commands &= {"serve", "call", "check", "events", "eval", "review", "data", "drift", "audit",
-                 "versions", "rollout", "calibrate"}
+                 "versions", "rollout", "calibrate", "slo"}
     runner = CliRunner()
     for command in commands:
         result = runner.invoke(app, [command, "--help"])
