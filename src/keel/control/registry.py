@@ -288,7 +288,7 @@ class Registry:
         if alias == "champion" and not force:
             if gate_run is None:
                 raise GateRequired(
-                    f"'{version}' has no passing eval on '{feature}''s gate dataset; run "
+                    f"'{version}' has no passing eval on the gate dataset of '{feature}'; run "
                     f"`keel eval {feature} --version {version} --gate`, or force it as an admin")
             self._check_run(feature, version, gate_run)
         now = time.time()
@@ -376,7 +376,7 @@ def gate_run_for(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: 
     try:
         dataset = gate_dataset(fspec.gate, DatasetStore(store), feature)
     except DatasetNotFound as exc:
-        raise GateRequired(f"'{feature}''s gate dataset is missing: {exc.message}") from None
+        raise GateRequired(f"the gate dataset of '{feature}' is missing: {exc.message}") from None
     return passing_run(store, feature, version, dataset.dataset, dataset.number)
 
 
@@ -388,7 +388,7 @@ def promote(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: str, 
         run = gate_run_for(store, feature, fspec, version)
         if run is None:
             raise GateRequired(
-                f"'{version}' has no passing eval on '{feature}''s gate dataset; run "
+                f"'{version}' has no passing eval on the gate dataset of '{feature}'; run "
                 f"`keel eval {feature} --version {version} --gate` first (or force it as an admin)")
     return Registry(store).move_alias(feature, "champion", version, actor=actor, force=force,
                                       reason=reason, gate_run=run)

@@ -343,7 +343,7 @@ class RolloutController:
         gate_run = self._gate_check(feature, candidate)
         if gate_run is None and spec.require_gate and not force:
             raise GateRequired(
-                f"'{candidate}' has no passing eval on '{feature}''s gate dataset; run "
+                f"'{candidate}' has no passing eval on the gate dataset of '{feature}'; run "
                 f"`keel eval {feature} --version {candidate} --gate` first, or start with --force")
         forced = gate_run is None and spec.require_gate
         rollout, _ = self.rollouts.create(feature, candidate, baseline, spec, actor=actor,
@@ -384,7 +384,7 @@ class RolloutController:
         gate_run = self._gate_check(feature, rollout.candidate)
         if gate_run is None and rollout.spec.require_gate and not force:
             raise GateRequired(
-                f"'{rollout.candidate}' has no passing eval on '{feature}''s gate dataset; run "
+                f"'{rollout.candidate}' has no passing eval on the gate dataset of '{feature}'; run "
                 f"`keel eval {feature} --version {rollout.candidate} --gate`, or promote --force")
         note = reason or f"promoted by hand at {rollout.weight:.0%}"
         if gate_run is None:
