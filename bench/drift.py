@@ -7,13 +7,14 @@ Measured in one run, each a best of ``--repeat`` on a quiet machine:
                 correction and the alert rule (``compare`` + ``judge``)
   end to end    ``drift_report`` on a SQLite file of 1M events of one feature, 20 windows
                 of an hour, 20 columns (the 11 built-in ones + 9 input/output fields):
-                reading included
+                reading included; with ``--threads`` threads (default: up to 4) and with 1
   rows          end to end on the first 125k, 250k, 500k events (a time vs rows plot)
   embeddings    the embedding test alone on 4 windows, 500 texts sampled per side
 
 The second half of the traffic drifts in five columns (text length, label shares,
 latency, input.amount, input.channel); the run asserts that exactly those are found and
-that no window of the first half drifts. The events file is built once (~1 min) and kept
+that no window of the first half drifts (a wrong answer exits 1), and prints the end-to-end
+time as a ratio of the 10 s goal. The events file is built once (~1 min) and kept
 in bench/results/ (git-ignored); texts come from BANKING77 when it is there
 (``KEEL_BANKING77_DIR``), else from a word list.
 
@@ -282,6 +283,15 @@ def main() -> None:
           f"{e2e.timings['tests_s']:.2f} s tests), {e2e_m.cpu_s:.2f} s CPU: "
           f"{e2e_m.wall_s / GOAL_S:.2f} of the {GOAL_S:g} s goal", flush=True)
 
+    one_m, one = best(quiet, "end to end, 1 thread", args.repeat,
+                      lambda: drift_report(store, FEATURE, window=HOUR, since=T0, columns=COLUMNS,
+                                           threads=1, text_field="text"))
+    check_detection(one.windows, DRIFTED, half)
+    one_m.rows = int(one.timings["rows"])
+    results["end_to_end_1_thread"] = {**asdict(one_m), "timings": one.timings}
+    print(f"  with 1 thread: {one_m.wall_s:.2f} s wall ({one.timings['load_s']:.2f} s reading), "
+          f"{one_m.cpu_s:.2f} s CPU", flush=True)
+
     scaling = []
     for share in (0.125, 0.25, 0.5):
         hours = max(2, round(args.windows * share))
@@ -311,7 +321,9 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2))
     plot(results, HERE / "results" / "drift.png")
     print(f"results: {out}")
-    assert e2e_m.wall_s <= GOAL_S, f"end to end took {e2e_m.wall_s:.2f} s, over the {GOAL_S:g} s goal"
+    verdict = "within" if e2e_m.wall_s <= GOAL_S else "OVER"
+    print(f"goal: {e2e_m.wall_s:.2f} s for {e2e_m.rows:,} events × 20 columns is {verdict} the "
+          f"{GOAL_S:g} s goal ({e2e_m.wall_s / GOAL_S:.2f}×)")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -326,8 +338,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(rows, [s["wall_s"] for s in results["scaling"]], "o-", label="drift_report from SQLite (wall)")
     ax.plot(rows, [s["cpu_s"] for s in results["scaling"]], "o--", alpha=0.6, label="… CPU (2 threads)")
+    one = results.get("end_to_end_1_thread")
+    if one:
+        ax.plot([one["rows"] or results["rows"]], [one["wall_s"]], "D", label="… with 1 thread (wall)")
     stats = results["statistics"]
     ax.plot([results["rows"]], [stats["wall_s"]], "s", label="statistics alone (in memory)")
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:,.0f}k")
     ax.axhline(GOAL_S, color="red", lw=1, ls=":", label=f"goal: {GOAL_S:g} s")
     ax.set_xlabel("events (20 columns, 1-hour windows)")
     ax.set_ylabel("seconds")
@@ -342,4 +358,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--plot-only"]:  # redraw from the last results
+        plot(json.loads((HERE / "results" / "drift.json").read_text()), HERE / "results" / "drift.png")
+    else:
+        main()

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from keel.control import drift_data
+from keel.control import drift_data, drift_read
 from keel.control.datasets import DatasetStore, Item
 from keel.control.drift import Reference, drift_report, parse_duration, parse_time
 from keel.control.evaluation import EvalRunner
@@ -152,7 +152,7 @@ def test_odd_values_are_read_row_by_row(store: SQLiteStore) -> None:
                   input={"text": "hi", "n": i}, output={"label": "a"}) for i in range(40)]
     write(store, odd + base)
     columns = drift_data.resolve_columns(["label", "input.n:numeric"], "text")
-    frame = drift_data.read_events(store, "f", columns, T0, T0 + 2 * HOUR)
+    frame = drift_read.read_events(store, "f", columns, T0, T0 + 2 * HOUR)
     assert frame.n == 80
     labels = frame.categories["label"]
     assert set(labels) == {"a", "a\x1fb", '["x",1]'}
@@ -166,8 +166,8 @@ def test_parallel_slices_read_the_same(store: SQLiteStore, monkeypatch: pytest.M
     traffic(store, [BASE, DRIFT, BASE], n=200, start=T0,
             feature="f")
     one = drift_report(store, "f", window=HOUR, threads=1).to_json()
-    monkeypatch.setattr(drift_data, "_PARALLEL_FROM", 10)
-    monkeypatch.setattr(drift_data, "_SLICE_ROWS", 70)
+    monkeypatch.setattr(drift_read, "_PARALLEL_FROM", 10)
+    monkeypatch.setattr(drift_read, "_SLICE_ROWS", 70)
     two = drift_report(store, "f", window=HOUR, threads=2).to_json()
     assert one["windows"] == two["windows"] and one["reference_summary"] == two["reference_summary"]
 

@@ -110,24 +110,24 @@ def show(report: DriftReport) -> None:
 def drift(
     feature: Annotated[str, typer.Argument(help="the feature")],
     window: Annotated[str | None, typer.Option(
-        "--window", "-w", help="window size: seconds, or 30m, 1h, 1d, 1w [default: 1d]")] = None,
+        "--window", "-w", help="window size: seconds, or 30m, 1h, 1d, 1w (default 1d)")] = None,
     windows: Annotated[int | None, typer.Option(
         "--windows", min=1, max=MAX_WINDOWS,
         help="instead of --window: cut since..until into N equal windows")] = None,
     since: Annotated[str | None, typer.Option(
         help="start: epoch seconds, an ISO date or time (UTC), or an age such as 7d "
-             "[default: the first event]")] = None,
+             "(default: the first event)")] = None,
     until: Annotated[str | None, typer.Option(
-        help="end (exclusive), as --since [default: after the last event]")] = None,
+        help="end (exclusive), as --since (default: after the last event)")] = None,
     reference: Annotated[str, typer.Option(
         help="window (the first window, or --reference-start..--reference-end), champion "
-             "(its latest eval run's data) or dataset:NAME[@N]")] = "window",
+             "(its latest eval run's data) or dataset:NAME@N")] = "window",
     reference_start: Annotated[str | None, typer.Option(help="reference range start")] = None,
     reference_end: Annotated[str | None, typer.Option(help="reference range end")] = None,
     columns: Annotated[str | None, typer.Option(
         help="comma-separated: text_length, language, pii, label, confidence, review, refused, "
              "latency_ms, cost_usd, input_tokens, output_tokens, embedding, input.FIELD, "
-             "output.FIELD (optionally :numeric or :categorical) [default: the built-in ones]")] = None,
+             "output.FIELD (optionally :numeric or :categorical) (default: the built-in ones)")] = None,
     embeddings: Annotated[bool, typer.Option(
         "--embeddings/--no-embeddings",
         help="also compare the input texts' embeddings (local model, ~1 s per window)")] = False,

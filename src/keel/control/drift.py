@@ -8,7 +8,9 @@ text length, language, PII rate, label shares, confidence, review and refusal ra
 latency, cost, tokens, any ``input.FIELD``/``output.FIELD``) and, optionally, on the
 texts' embeddings (:mod:`keel.control.drift_embed`). The tests, chosen by sample size,
 the Benjamini–Hochberg correction and the thresholds are in
-:mod:`keel.control.drift_tests`. A window drifted when any of its columns did; the
+:mod:`keel.control.drift_tests`; how events are read fast in
+:mod:`keel.control.drift_read`; verdicts and the report's shape in
+:mod:`keel.control.drift_results`. A window drifted when any of its columns did; the
 report **alerts** only when two tested windows in a row drifted.
 
 Against a dataset reference only what an item has is compared: its input columns, and
@@ -43,12 +45,10 @@ from keel.control.drift_data import (
     is_field,
     item_texts,
     items_frame,
-    read_events,
-    read_texts,
     resolve_columns,
-    sample_field,
 )
 from keel.control.drift_embed import Embed, embedding_tests, local_embed
+from keel.control.drift_read import read_events, read_texts, sample_field
 from keel.control.drift_results import DriftReport, ReferenceInfo, TestResult, WindowResult, judge
 from keel.control.drift_tests import (
     ColumnTests,

@@ -10,11 +10,12 @@ each window. The test is chosen by sample size, like the scalar columns':
   from window, scored by 5-fold cross-validated ROC AUC. 0.5 is "cannot tell them
   apart"; above ``auc`` (0.6) the window drifted.
 
-Embedding costs some 1–3 ms per text on one core: 500 texts per window is about a second.
+Embedding costs some 1–3 ms per text: 500 texts per window is about a second.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -34,10 +35,11 @@ Embed = Callable[[Sequence[str]], FloatArray]
 
 
 def local_embed() -> Embed:
-    """The local model's ``embed_many`` (raises ModelFilesMissing when not installed)."""
+    """The local model's ``embed_many`` (raises ModelFilesMissing when not installed), with
+    up to 4 intra-op threads: one stream of batches, ~1.6× faster on 2 cores than one."""
     from keel.providers.local.embedder import load_encoder
 
-    encoder = load_encoder()
+    encoder = load_encoder(threads=min(4, os.cpu_count() or 1))
 
     def embed(texts: Sequence[str]) -> FloatArray:
         return np.asarray(encoder.embed_many(list(texts)), dtype=np.float64)
