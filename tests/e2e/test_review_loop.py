@@ -136,4 +136,5 @@ def test_a_verdict_from_keel_review_in_another_process_reaches_the_held_caller(
             return await call
 
     body = asyncio.run(loop()).json()
-    assert body["review"] == "approved" and body["timings_ms"]["hold"] < 4000
+    # "approved" (not "timed_out") means the verdict reached the caller within its hold
+    assert body["review"] == "approved" and body["timings_ms"]["hold"] < 8000
