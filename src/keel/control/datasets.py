@@ -22,8 +22,7 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -65,19 +64,12 @@ class DatasetSink:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = self.store.connect()
-        try:
-            yield conn
-        finally:
-            conn.close()
 
     def add(self, dataset: str, example_id: str, input: JSON, expected: JSON,
             metadata: dict[str, JSON], provenance: Provenance) -> bool:
         """Write one example; False when ``(dataset, example_id)`` was already there."""
         example = Example(dataset, example_id, input, expected, metadata, provenance)
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             return self.write(conn, example)
 
     @staticmethod
@@ -96,20 +88,20 @@ class DatasetSink:
 
     def list(self, dataset: str, limit: int = 100, offset: int = 0) -> list[Example]:
         """Examples of one dataset, oldest first."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute(
                 "SELECT * FROM dataset_examples WHERE dataset = ? ORDER BY ts, example_id"
                 " LIMIT ? OFFSET ?", (dataset, limit, offset)).fetchall()
         return [_example(row) for row in rows]
 
     def get(self, dataset: str, example_id: str) -> Example | None:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = conn.execute("SELECT * FROM dataset_examples WHERE dataset = ? AND example_id = ?",
                                (dataset, example_id)).fetchone()
         return None if row is None else _example(row)
 
     def count(self, dataset: str) -> int:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = conn.execute("SELECT COUNT(*) FROM dataset_examples WHERE dataset = ?",
                                (dataset,)).fetchone()
         return int(row[0])
@@ -296,13 +288,6 @@ class DatasetStore:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = self.store.connect()
-        try:
-            yield conn
-        finally:
-            conn.close()
 
     def commit(self, dataset: str, items: Iterable[Item] | None = None, *, actor: str,
                note: str | None = None, base: int | Literal["latest"] | None = "latest",
@@ -321,7 +306,7 @@ class DatasetStore:
         if not actor:
             raise InvalidRequest("a commit needs an actor", param="actor")
         new = None if items is None else [_checked(item) for item in items]
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             conn.execute("BEGIN IMMEDIATE")  # takes the write lock: numbers are not raced
             try:
                 version = self._commit(conn, dataset, new, base, dedupe,
@@ -395,7 +380,7 @@ class DatasetStore:
 
     def version(self, dataset: str, number: int | None = None) -> DatasetVersion:
         """Version ``number`` of ``dataset`` (None: the latest)."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = self._row(conn, dataset, number)
             if row is None:
                 raise self._not_found(conn, dataset, number)
@@ -417,7 +402,7 @@ class DatasetStore:
         args: tuple[Any, ...] = (dataset, number)
         if split is not None:
             sql, args = sql + " AND m.split = ?", (*args, split)
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute(sql + " ORDER BY m.item_hash", args).fetchall()
         return [Item(r["item_hash"], orjson.loads(r["input"]),
                      None if r["expected"] is None else orjson.loads(r["expected"]),
@@ -426,14 +411,14 @@ class DatasetStore:
 
     def versions(self, dataset: str) -> list[DatasetVersion]:
         """Every version of ``dataset``, oldest first (empty when it has none)."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute("SELECT * FROM dataset_versions WHERE dataset = ? ORDER BY number",
                                 (dataset,)).fetchall()
         return [_version(row) for row in rows]
 
     def datasets(self) -> list[DatasetSummary]:
         """Every dataset with a version or a draft, by name."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             latest = {r["dataset"]: r for r in conn.execute(
                 "SELECT v.*, c.n FROM dataset_versions v JOIN (SELECT dataset, MAX(number) AS top,"
                 " COUNT(*) AS n FROM dataset_versions GROUP BY dataset) c"
@@ -452,7 +437,7 @@ class DatasetStore:
 
     def diff(self, a: DatasetVersion, b: DatasetVersion) -> DatasetDiff:
         """What changed from version ``a`` to version ``b`` (of any datasets)."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             old = self._members(conn, a.dataset, a.number)
             new = self._members(conn, b.dataset, b.number)
         both = old.keys() & new.keys()
@@ -465,7 +450,7 @@ class DatasetStore:
         if not feature:
             raise InvalidRequest("pin needs a feature name", param="feature")
         self.version(dataset, number)
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             conn.execute(
                 "INSERT INTO gate_pins (feature, dataset, number, actor, ts) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (feature) DO UPDATE SET dataset = excluded.dataset,"
@@ -473,7 +458,7 @@ class DatasetStore:
                 (feature, dataset, number, actor, time.time()))
 
     def pinned(self, feature: str) -> tuple[str, int] | None:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = conn.execute("SELECT dataset, number FROM gate_pins WHERE feature = ?",
                                (feature,)).fetchone()
         return None if row is None else (row[0], int(row[1]))
@@ -482,7 +467,7 @@ class DatasetStore:
         """Recompute every item hash and the digest from what is stored: False if anything
         was changed behind Keel's back."""
         version = self.version(dataset, number)
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute(
                 "SELECT m.item_hash, m.split, i.input, i.expected, i.metadata, i.provenance"
                 " FROM dataset_members m LEFT JOIN dataset_items i ON i.item_hash = m.item_hash"

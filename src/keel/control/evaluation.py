@@ -31,9 +31,8 @@ import secrets
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,15 +109,6 @@ class EvalResult:
 # --- the store ------------------------------------------------------------------------
 
 
-@contextmanager
-def _connect(store: SQLiteStore) -> Iterator[sqlite3.Connection]:
-    conn = store.connect()
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -139,7 +129,7 @@ def _run(row: sqlite3.Row) -> EvalRun:
 
 
 def get_run(store: SQLiteStore, run_id: str) -> EvalRun:
-    with _connect(store) as conn:
+    with store.connection() as conn:
         row = conn.execute("SELECT * FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise EvalRunNotFound(f"no eval run '{run_id}' (list them: keel eval-runs FEATURE)",
@@ -154,7 +144,7 @@ def list_runs(store: SQLiteStore, feature: str, version: str | None = None,
     if version is not None:
         sql += " AND version = ?"
         args.append(version)
-    with _connect(store) as conn:
+    with store.connection() as conn:
         rows = conn.execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
     return [_run(r) for r in rows]
 
@@ -169,13 +159,13 @@ def latest_run(store: SQLiteStore, feature: str, version: str, dataset: str, num
     if status is not None:
         sql += " AND status = ?"
         args.append(status)
-    with _connect(store) as conn:
+    with store.connection() as conn:
         row = conn.execute(sql + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
     return None if row is None else _run(row)
 
 
 def results(store: SQLiteStore, run_id: str) -> list[EvalResult]:
-    with _connect(store) as conn:
+    with store.connection() as conn:
         rows = conn.execute("SELECT * FROM eval_results WHERE run_id = ? ORDER BY item_hash",
                             (run_id,)).fetchall()
     out = []
@@ -215,7 +205,7 @@ def paired_scores(store: SQLiteStore, run_a: str, run_b: str,
 
 
 def _create(store: SQLiteStore, run: EvalRun) -> None:
-    with _connect(store) as conn, conn:
+    with store.connection() as conn, conn:
         conn.execute(
             "INSERT INTO eval_runs (id, feature, version, dataset, dataset_number, dataset_digest,"
             " split, status, config, items, done, actor, started_at)"
@@ -226,7 +216,7 @@ def _create(store: SQLiteStore, run: EvalRun) -> None:
 
 
 def _set_status(store: SQLiteStore, run_id: str, status: str) -> None:
-    with _connect(store) as conn, conn:
+    with store.connection() as conn, conn:
         conn.execute("UPDATE eval_runs SET status = ? WHERE id = ?", (status, run_id))
 
 
@@ -235,20 +225,20 @@ def _write(store: SQLiteStore, run_id: str, batch: Sequence[EvalResult]) -> None
     rows = [(run_id, r.item_hash, _dumps({"output": r.output, "decision": r.decision,
                                           "confidence": r.confidence}),
              _dumps(r.scores), r.latency_ms, r.cost_usd, r.error) for r in batch]
-    with _connect(store) as conn, conn:
+    with store.connection() as conn, conn:
         conn.executemany("INSERT OR IGNORE INTO eval_results VALUES (?,?,?,?,?,?,?)", rows)
         conn.execute("UPDATE eval_runs SET done = (SELECT COUNT(*) FROM eval_results"
                      " WHERE run_id = ?) WHERE id = ?", (run_id, run_id))
 
 
 def _finish(store: SQLiteStore, run_id: str, metrics: dict[str, JSON]) -> None:
-    with _connect(store) as conn, conn:
+    with store.connection() as conn, conn:
         conn.execute("UPDATE eval_runs SET status = 'done', metrics = ?, finished_at = ?"
                      " WHERE id = ?", (_dumps(metrics), time.time(), run_id))
 
 
 def _done_hashes(store: SQLiteStore, run_id: str) -> set[str]:
-    with _connect(store) as conn:
+    with store.connection() as conn:
         return {r[0] for r in conn.execute(
             "SELECT item_hash FROM eval_results WHERE run_id = ?", (run_id,))}
 

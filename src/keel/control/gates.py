@@ -24,9 +24,6 @@ version with no champion run to compare with (``champion_run=None``), with a not
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -68,15 +65,6 @@ class GateResult:
     def from_dict(cls, data: dict[str, JSON]) -> GateResult:
         return cls(bool(data["passed"]), [GateCheck(**c) for c in data["checks"]],
                    data["candidate_run"], data.get("champion_run"), list(data.get("notes") or []))
-
-
-@contextmanager
-def _connect(store: SQLiteStore) -> Iterator[sqlite3.Connection]:
-    conn = store.connect()
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def metric_value(metrics: dict[str, JSON] | None, name: str) -> float | None:
@@ -211,7 +199,7 @@ def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | s
     result = GateResult(all(c.passed for c in checks), checks, candidate.id,
                         None if champion is None else champion.id, notes)
     record = {**result.to_dict(), "spec": spec.model_dump(mode="json")}
-    with _connect(store) as conn, conn:
+    with store.connection() as conn, conn:
         conn.execute("UPDATE eval_runs SET gate = ?, passed = ? WHERE id = ?",
                      (orjson.dumps(record).decode(), int(result.passed), candidate.id))
     return result
@@ -220,7 +208,7 @@ def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | s
 def passing_run(store: SQLiteStore, feature: str, version: str, dataset: str,
                 number: int) -> str | None:
     """The id of the latest done run of ``version`` on ``dataset@number`` whose gate passed."""
-    with _connect(store) as conn:
+    with store.connection() as conn:
         row = conn.execute(
             "SELECT id FROM eval_runs WHERE feature = ? AND version = ? AND dataset = ?"
             " AND dataset_number = ? AND status = 'done' AND passed = 1"

@@ -23,8 +23,6 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,13 +164,6 @@ class Registry:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = self.store.connect()
-        try:
-            yield conn
-        finally:
-            conn.close()
 
     # --- versions -------------------------------------------------------------------
 
@@ -193,7 +184,7 @@ class Registry:
         digest = spec_hash(spec, artifact_sha)
         card = model_card(feature, fspec, name, spec, dataset, dataset_digest, card_extra)
         now = time.time()
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             row = conn.execute("SELECT * FROM versions WHERE feature = ? AND name = ?",
                                (feature, name)).fetchone()
             if row is not None:
@@ -216,7 +207,7 @@ class Registry:
         return self.get(feature, name)
 
     def get(self, feature: str, name: str) -> VersionRecord:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = conn.execute("SELECT * FROM versions WHERE feature = ? AND name = ?",
                                (feature, name)).fetchone()
         if row is None:
@@ -225,14 +216,14 @@ class Registry:
         return _record(row)
 
     def list(self, feature: str) -> list[VersionRecord]:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute("SELECT * FROM versions WHERE feature = ? ORDER BY number",
                                 (feature,)).fetchall()
         return [_record(r) for r in rows]
 
     def next_name(self, feature: str, prefix: str) -> str:
         """``prefix-N`` with N one past the feature's highest version number."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             n = conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE feature = ?",
                              (feature,)).fetchone()[0]
         return f"{prefix}-{n}"
@@ -247,13 +238,13 @@ class Registry:
     # --- aliases --------------------------------------------------------------------
 
     def aliases(self, feature: str) -> dict[str, str]:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute("SELECT alias, version FROM aliases WHERE feature = ?",
                                 (feature,)).fetchall()
         return {r["alias"]: r["version"] for r in rows}
 
     def all_aliases(self) -> dict[str, dict[str, str]]:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute("SELECT feature, alias, version FROM aliases").fetchall()
         out: dict[str, dict[str, str]] = {}
         for r in rows:
@@ -263,7 +254,7 @@ class Registry:
     def seed_aliases(self, feature: str, aliases: dict[str, str], *, actor: str) -> bool:
         """Write keel.yaml's aliases for a feature the store has none for; False if it has."""
         now = time.time()
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             if conn.execute("SELECT 1 FROM aliases WHERE feature = ? LIMIT 1",
                             (feature,)).fetchone():
                 return False
@@ -292,7 +283,7 @@ class Registry:
                     f"`keel eval {feature} --version {version} --gate`, or force it as an admin")
             self._check_run(feature, version, gate_run)
         now = time.time()
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             row = conn.execute("SELECT version FROM aliases WHERE feature = ? AND alias = ?",
                                (feature, alias)).fetchone()
             old = row["version"] if row else None
@@ -314,7 +305,7 @@ class Registry:
         if alias == "champion":
             raise InvalidRequest("the champion alias cannot be removed, only moved", param="alias")
         now = time.time()
-        with self._connect() as conn, conn:
+        with self.store.connection() as conn, conn:
             row = conn.execute("SELECT version FROM aliases WHERE feature = ? AND alias = ?",
                                (feature, alias)).fetchone()
             if row is None:
@@ -328,7 +319,7 @@ class Registry:
                          False, reason, None, now)
 
     def history(self, feature: str, limit: int = 100) -> builtins.list[AliasMove]:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute("SELECT * FROM alias_moves WHERE feature = ? ORDER BY id DESC"
                                 " LIMIT ?", (feature, limit)).fetchall()
         return [AliasMove(r["id"], r["feature"], r["alias"], r["old_version"], r["new_version"],
@@ -337,7 +328,7 @@ class Registry:
 
     def eval_metrics(self, feature: str, name: str) -> builtins.list[dict[str, Any]]:
         """The version's finished eval runs, newest first, for its model card."""
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             rows = conn.execute(
                 "SELECT id, dataset, dataset_number, dataset_digest, split, metrics, passed,"
                 " finished_at FROM eval_runs WHERE feature = ? AND version = ? AND status = 'done'"
@@ -346,7 +337,7 @@ class Registry:
                  "passed": None if r["passed"] is None else bool(r["passed"])} for r in rows]
 
     def _check_run(self, feature: str, version: str, run_id: str) -> None:
-        with self._connect() as conn:
+        with self.store.connection() as conn:
             row = conn.execute("SELECT feature, version, status, passed FROM eval_runs WHERE id = ?",
                                (run_id,)).fetchone()
         if row is None or row["feature"] != feature or row["version"] != version:

@@ -55,7 +55,9 @@ class SQLiteStore:
         return conn
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection, closed on exit (``with store.connection() as conn,
+        conn:`` also wraps a transaction)."""
         conn = self.connect()
         try:
             yield conn
@@ -65,7 +67,7 @@ class SQLiteStore:
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet; returns their names."""
         applied: list[str] = []
-        with self._reading() as conn:
+        with self.connection() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS keel_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
             )
@@ -138,7 +140,7 @@ class SQLiteStore:
             args.append(feature)
         sql += " ORDER BY ts DESC LIMIT ?"
         args.append(limit)
-        with self._reading() as conn:
+        with self.connection() as conn:
             rows = conn.execute(sql, args).fetchall()
         out = []
         for row in rows:
@@ -150,7 +152,7 @@ class SQLiteStore:
         return out
 
     def count_events(self, feature: str | None = None) -> int:
-        with self._reading() as conn:
+        with self.connection() as conn:
             if feature:
                 row = conn.execute("SELECT COUNT(*) FROM events WHERE feature = ?", (feature,)).fetchone()
             else:
@@ -158,7 +160,7 @@ class SQLiteStore:
         return int(row[0])
 
     def pending_reviews(self, feature: str | None = None) -> int:
-        with self._reading() as conn:
+        with self.connection() as conn:
             sql = "SELECT COUNT(*) FROM review_items WHERE status = 'pending'"
             row = conn.execute(sql + (" AND feature = ?" if feature else ""),
                                (feature,) if feature else ()).fetchone()
