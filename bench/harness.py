@@ -2,7 +2,7 @@
 the benchmark, CPU accounting per process and thread, waiting for a quiet machine, a
 lean keep-alive HTTP client, and a description of the machine.
 
-Used by ``bench/overhead.py`` and ``bench/streaming.py``.
+Used by ``bench/overhead.py``, ``bench/streaming.py``, ``bench/field.py`` and ``bench/memory.py``.
 """
 
 from __future__ import annotations
@@ -330,3 +330,44 @@ def cpu_plan(mode: str) -> tuple[set[int] | None, set[int] | None, set[int] | No
                          f"upstream and the client (socket client, wrk) share CPU {cpus[0]}")
     return ({cpus[0]}, {cpus[1]}, set(cpus[2:3]),
             f"client on CPU {cpus[0]}, fake upstream on CPU {cpus[1]}, gateway on CPU {cpus[2]}")
+
+
+# --- process trees (servers with worker processes: `keel serve --workers N`, LiteLLM) -------
+
+
+def trees(roots: list[int]) -> dict[int, list[int]]:
+    """Each root pid with its live descendants (a supervisor and its workers), from one scan
+    of /proc."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError), \
+                    open(f"/proc/{entry}/stat") as f:
+                kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out = {}
+    for root in roots:
+        members, todo = [root], [root]
+        while todo:
+            for child in kids.get(todo.pop(), []):
+                members.append(child)
+                todo.append(child)
+        out[root] = members
+    return out
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of these processes together (the ones gone meanwhile count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process (VmRSS), in MB (10^6 bytes)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0

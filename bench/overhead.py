@@ -41,12 +41,10 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -68,11 +66,10 @@ from harness import (  # the shared benchmark harness (bench/harness.py)
     percentile,
     thread_cpu,
     upstream_connections,
-    wait_for_quiet,
 )
+from report import add_common_args, fmt, pyplot, run_main, save_figure  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 FEATURE = "triage"
 REPLY = "billing"
 TEXT = "I was charged twice for my order last week, please refund one of the payments"
@@ -661,10 +658,6 @@ def stage_timings(database: Path, since: float, until: float) -> dict[str, dict[
 # --- reporting ------------------------------------------------------------------------------
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def tables(results: list[Result], args: argparse.Namespace, pin_note: str) -> str:
     by = {r.key: r for r in results}
     d = by["direct"].c1
@@ -747,13 +740,8 @@ def goals(results: list[Result]) -> tuple[str, dict[str, Any]]:
 
 
 def plot(results: list[Result], path: Path, subtitle: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no plot: matplotlib is not installed; .venv/bin/pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return False
 
     def wrap(label: str) -> str:
@@ -798,10 +786,7 @@ def plot(results: list[Result], path: Path, subtitle: str) -> bool:
                   f"{direct.c64.rps:,.0f} req/s", fontsize=9)
     fig.suptitle(f"Keel gateway overhead, fake upstream, every stage on — {subtitle}",
                  fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -814,31 +799,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Keel's added latency and throughput.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run: 300 requests and 3 s of load per path, one round")
+    add_common_args(parser, "overhead", retry_budget=90)
     parser.add_argument("--requests", type=int, help="requests per path at concurrency 1 [2000]")
     parser.add_argument("--warmup", type=int, help="warm-up requests per path [200]")
     parser.add_argument("--duration", type=float,
                         help="seconds of wrk load per path, split over the rounds [15]")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds [5]")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
     parser.add_argument("--pool", type=int, default=8,
                         help="upstream pool cap of the extra 'capped' rows; 0: no such rows [8]")
-    parser.add_argument("--pin", choices=("split", "none"), default="split",
-                        help="split: the gateway alone on one CPU, upstream + client on another")
     parser.add_argument("--profile", action="store_true",
                         help="then profile the capped pass-through and Keel, and Keel, with "
                              "py-spy under load, 10 s each (results/*-profile.*)")
-    parser.add_argument("--max-background", type=float, default=0.25,
-                        help="other processes may use at most this many CPUs (0.25: a quarter "
-                             "of one) before the start and during each measurement, which is "
-                             "otherwise discarded and re-run; 0 disables the check [0.25]")
-    parser.add_argument("--wait-idle", type=float, default=120,
-                        help="seconds to wait for a busy machine before the start [120]")
-    parser.add_argument("--retry-budget", type=float, default=90,
-                        help="seconds the run may spend re-running disturbed measurements [90]")
-    parser.add_argument("--no-plot", action="store_true", help="skip results/overhead.png")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     quick = args.quick
     args.requests = args.requests or (300 if quick else 2000)
@@ -857,26 +828,7 @@ def main(argv: list[str] | None = None) -> int:
               "would be the bottleneck).\nInstall it: sudo apt-get install -y wrk   "
               "(macOS: brew install wrk)", file=sys.stderr)
         return 2
-    # SIGTERM and SIGHUP end the run like Ctrl-C (SIGINT too when started ignoring it, as &
-    # in a script does): the finally below stops every child
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
-    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
-    children = Children(workdir)
-    try:
-        if args.max_background > 0 and not wait_for_quiet(args.max_background, args.wait_idle):
-            print(f"the machine stays busy: other processes use more than "
-                  f"{args.max_background:g} CPUs, so the numbers would measure them too. Try "
-                  "later, or pass --max-background 0 to run anyway (the tables then show the "
-                  "load in 'other load').", file=sys.stderr)
-            return 3
-        return run(args, children, workdir)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping the servers", file=sys.stderr)
-        return 130
-    finally:
-        children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_main(args, run, "keel-bench-")
 
 
 def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:

@@ -6,6 +6,9 @@ under uvicorn exactly as ``keel serve`` does (uvloop, httptools, access log off,
 warning), so the difference between this and Keel is Keel's own work (FastAPI included)::
 
     python bench/passthrough.py --port 9201 --upstream http://127.0.0.1:9100/v1/chat/completions
+
+``--stream`` relays the upstream's body chunk by chunk as it arrives (server-sent events;
+``bench/field.py``) instead of reading it whole first.
 """
 
 from __future__ import annotations
@@ -67,6 +70,33 @@ class PassThrough:
                 return
 
 
+class StreamingPassThrough(PassThrough):
+    """Forwards the body, then relays the upstream's answer chunk by chunk (SSE streams)."""
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        assert self.client is not None
+        request = self.client.build_request("POST", self.upstream, content=b"".join(chunks))
+        response = await self.client.send(request, stream=True)
+        try:
+            kind = response.headers.get("content-type", "application/json").encode()
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": [(b"content-type", kind)]})
+            async for piece in response.aiter_raw():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,9 +104,13 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="URL every request is POSTed to")
     parser.add_argument("--max-connections", type=int, default=256,
                         help="httpx pool size (Keel's provider default: 256)")
+    parser.add_argument("--stream", action="store_true",
+                        help="relay the answer chunk by chunk (for streamed answers)")
     args = parser.parse_args()
+    app = (StreamingPassThrough if args.stream else PassThrough)(args.upstream,
+                                                                 args.max_connections)
     # the same server options as keel.cli.serve: uvloop, httptools, no access log
-    uvicorn.run(PassThrough(args.upstream, args.max_connections), host=args.host, port=args.port,
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30,
                 loop="uvloop", http="httptools")
 

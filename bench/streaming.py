@@ -52,14 +52,11 @@ import http.client
 import json
 import os
 import resource
-import shutil
-import signal
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -68,6 +65,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import report
 from harness import (  # the shared benchmark harness (bench/harness.py)
     BadResponse,
     Child,
@@ -82,11 +80,10 @@ from harness import (  # the shared benchmark harness (bench/harness.py)
     machine_busy_seconds,
     percentile,
     upstream_connections,
-    wait_for_quiet,
 )
+from report import add_common_args, pyplot, run_main, save_figure  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 ASK = "My card was charged twice for the same order. What happens now?"
 REPLY = ("Your refund for the duplicate charge has been approved and will reach the card you "
          "paid with within three to five business days, and we will email you a confirmation "
@@ -1047,7 +1044,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
+    return report.fmt(value, digits, thousands=True)
 
 
 def tables(args: argparse.Namespace, c1: dict[str, Summary], load: dict[str, Summary],
@@ -1135,13 +1132,8 @@ def tables(args: argparse.Namespace, c1: dict[str, Summary], load: dict[str, Sum
 
 def plot(args: argparse.Namespace, c1: dict[str, Summary], load: dict[str, Summary],
          fallback: dict[str, Summary], rows: dict[str, Row], path: Path, subtitle: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no plot: matplotlib is not installed; .venv/bin/pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 5),
                                         gridspec_kw={"width_ratios": [4, 3, 5]})
@@ -1204,10 +1196,7 @@ def plot(args: argparse.Namespace, c1: dict[str, Summary], load: dict[str, Summa
                   "healthy champion; the timeout: vs the control)", fontsize=9)
     ax3.legend(fontsize=8)
     fig.suptitle(f"Keel streaming and fallback, fake upstream — {subtitle}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -1218,7 +1207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Streaming and fallback through Keel.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=(__doc__ or "").split("\n\n", 1)[1])
-    parser.add_argument("--quick", action="store_true", help="a short run (~30 s), one round")
+    add_common_args(parser, "streaming", retry_budget=60,
+                    pin_help="split: Keel alone on one CPU, the fakes + the client on another")
     parser.add_argument("--streams", type=int, help="streams per path at concurrency 1 [1000]")
     parser.add_argument("--warmup", type=int, help="warm-up calls per path [100]")
     parser.add_argument("--connections", type=int, default=64,
@@ -1231,22 +1221,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="requests of the timeout row (each waits --timeout-s) [50]")
     parser.add_argument("--timeout-s", type=float, default=0.2,
                         help="timeout_s of the champion that times out [0.2]")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds [5]")
-    parser.add_argument("--pin", choices=("split", "none"), default="split",
-                        help="split: Keel alone on one CPU, the fakes + the client on another")
-    parser.add_argument("--max-background", type=float, default=0.25,
-                        help="other processes may use at most this many CPUs before the start "
-                             "and during each measurement, which is otherwise discarded and "
-                             "re-run; 0 disables the check [0.25]")
-    parser.add_argument("--wait-idle", type=float, default=120,
-                        help="seconds to wait for a busy machine before the start [120]")
     parser.add_argument("--wait-other", type=float, default=1200,
                         help="seconds to wait for another benchmark (bench/overhead.py, "
                              "bench/streaming.py) to finish before the start [1200]")
-    parser.add_argument("--retry-budget", type=float, default=60,
-                        help="seconds the run may spend re-running disturbed measurements [60]")
-    parser.add_argument("--no-plot", action="store_true", help="skip results/streaming.png")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     quick = args.quick
     args.streams = args.streams or (200 if quick else 1000)
@@ -1260,29 +1237,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM and SIGHUP end the run like Ctrl-C: the finally below stops every child (and
-    # they get SIGTERM from the kernel if this process dies: harness._preexec)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
-    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-streaming-"))
-    children = Children(workdir)
-    try:
+
+    def others() -> int | None:
         if not wait_for_other_benchmarks(args.wait_other):
             print("another benchmark is still running: its numbers and these would disturb "
                   "each other. Try later.", file=sys.stderr)
             return 3
-        if args.max_background > 0 and not wait_for_quiet(args.max_background, args.wait_idle):
-            print(f"the machine stays busy: other processes use more than "
-                  f"{args.max_background:g} CPUs. Try later, or pass --max-background 0.",
-                  file=sys.stderr)
-            return 3
-        return run(args, children, workdir)
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping the servers", file=sys.stderr)
-        return 130
-    finally:
-        children.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        return None
+
+    # children get SIGTERM from the kernel too if this process dies (harness._preexec)
+    return run_main(args, run, "keel-bench-streaming-", before=others)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ failures a test scripts; it is registered under the provider type ``scripted``."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from keel.providers.base import ProviderRequest
 from keel.settings import Settings
 from keel.spec import KeelSpec, ProviderSpec, parse_spec
 from keel.types import Completion, Delta, Embeddings, Usage
+from tests import backends
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 
@@ -118,3 +120,84 @@ def scripted(keel: Keel, name: str) -> ScriptedProvider:
     provider = keel.providers[name]
     assert isinstance(provider, ScriptedProvider)
     return provider
+
+
+# --- backends: pytest --backend postgres runs the suite on PostgreSQL (tests/backends.py)
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", choices=("sqlite", "postgres"),
+                     default=os.environ.get("KEEL_TEST_BACKEND", "sqlite"),
+                     help="the store the suite runs against (default: sqlite)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: reads the SQLite file itself")
+    backends.BACKEND = config.getoption("--backend")
+    if config.getoption("--backend") == "postgres":
+        _drop_test_schemas(stale_only=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.getoption("--backend") == "postgres":
+        _drop_test_schemas(stale_only=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--backend") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="reads the SQLite file itself (runs in the sqlite pass)")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend under test: "sqlite" or "postgres"."""
+    return str(request.config.getoption("--backend"))
+
+
+def _drop_test_schemas(*, stale_only: bool) -> None:
+    """This run's schemas (at the end), or those of runs whose process is gone."""
+    import psycopg
+
+    with psycopg.connect(backends.POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                            (backends.SCHEMA_PREFIX + "%",)).fetchall()
+        for (name,) in rows:
+            pid = name.removeprefix(backends.SCHEMA_PREFIX).split("_")[0]
+            mine = name.startswith(backends.RUN_PREFIX)
+            alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+            if (mine and not stale_only) or (stale_only and not alive):
+                conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture(autouse=True)
+def _backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+             tmp_path: Path) -> Iterator[None]:
+    if request.config.getoption("--backend") != "postgres":
+        yield
+        return
+    original = Settings.__init__
+
+    def init(self: Settings, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if self.database_url is None:
+            object.__setattr__(self, "database_url", backends.url_for(self.database))
+
+    monkeypatch.setattr(Settings, "__init__", init)
+    # servers and CLIs the test starts as subprocesses: the test's main database
+    monkeypatch.setenv("KEEL_DATABASE_URL", backends.url_for(tmp_path / "keel.db"))
+    from keel.store.postgres import PostgresStore
+
+    opened: list[PostgresStore] = []
+    original_store_init = PostgresStore.__init__
+
+    def store_init(self: PostgresStore, *args: Any, **kwargs: Any) -> None:
+        original_store_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(PostgresStore, "__init__", store_init)
+    yield
+    for store in opened:  # their idle connections: PostgreSQL allows only so many
+        store.close()

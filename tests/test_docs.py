@@ -38,7 +38,7 @@ def test_every_documented_error_code_exists() -> None:
 
 def test_every_documented_command_exists() -> None:
     commands = set(re.findall(r"\bkeel (\w+)", README)) - {"check keel"}
-    commands &= {"serve", "call", "check", "events", "eval", "review", "data", "drift", "audit",
+    commands &= {"serve", "call", "check", "events", "eval", "review", "data", "drift", "audit", "keys",
                  "versions", "rollout", "calibrate", "slo"}
     runner = CliRunner()
     for command in commands:

@@ -7,7 +7,8 @@ import keel
 
 def test_public_api_is_pinned() -> None:
     assert sorted(keel.__all__) == [
-        "Attempt", "Call", "Completion", "ConfigError", "Decision", "Event", "Keel",
+        "AsyncClient", "Attempt", "Call", "Client", "Completion", "ConfigError", "Decision",
+        "Event", "Keel",
         "KeelError", "KeelSpec", "Outcome", "Settings", "SyncKeel", "Usage", "load_spec",
         "open_sync",
     ]

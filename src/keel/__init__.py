@@ -8,8 +8,12 @@ The public surface is small; everything else is an implementation detail::
 
     with keel.open_sync() as k:                      # the same, blocking
         print(k.call("intent", {"text": "..."}).output)
+
+    with keel.Client("http://127.0.0.1:8000") as k:  # a running server (AsyncClient too)
+        k.thumbs_up(k.call("intent", {"text": "..."}).trace_id)
 """
 
+from keel.client import AsyncClient, Client
 from keel.errors import ConfigError, KeelError
 from keel.gateway import Keel, SyncKeel, open_sync
 from keel.settings import Settings
@@ -19,8 +23,10 @@ from keel.types import Attempt, Call, Completion, Decision, Event, Outcome, Usag
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "Attempt",
     "Call",
+    "Client",
     "Completion",
     "ConfigError",
     "Decision",

@@ -12,7 +12,8 @@
     │   ├── InvalidRequest      400  invalid_request       (wrong envelope shape/types)
     │   ├── InputSchemaError    400  input_schema_violation
     │   ├── EmptyText           400  empty_text
-    │   └── TextTooLong         400  text_too_long
+    │   ├── TextTooLong         400  text_too_long
+    │   └── InvalidFeedback     422  invalid_feedback      (well-formed JSON, unusable feedback)
     ├── NotFound                404
     │   ├── FeatureNotFound     404  feature_not_found
     │   ├── ReviewNotFound      404  review_not_found
@@ -21,6 +22,7 @@
     │   ├── EvalRunNotFound     404  eval_run_not_found
     │   ├── RolloutNotFound     404  rollout_not_found     (no rollout, or none active)
     │   ├── EventNotFound       404  event_not_found       (no event with this trace id)
+    │   ├── KeyNotFound         404  key_not_found         (no API key with this id)
     │   └── RouteNotFound       404  not_found
     ├── ProviderError           502  one attempt at one target failed
     │   ├── ProviderTimeout     504  provider_timeout      (retryable)
@@ -34,14 +36,22 @@
     ├── ControlConflict         409  a control-plane change the current state forbids
     │   ├── VersionExists       409  version_exists        (versions are immutable)
     │   ├── GateRequired        409  gate_required         (champion needs a passing eval)
-    │   └── RolloutConflict     409  rollout_conflict      (one active rollout per feature)
+    │   ├── RolloutConflict     409  rollout_conflict      (one active rollout per feature)
+    │   └── KeyExists           409  key_exists            (a live API key has this name)
     ├── InvalidApiKey           401  invalid_api_key       (gateway keys are set; none valid)
+    ├── PermissionDenied        403  permission_denied     (the key's role or features do not allow it)
+    ├── AuthUnavailable         503  auth_unavailable      (the API keys cannot be read from the store)
     ├── UpstreamRateLimited     429  upstream_rate_limited (every target was rate-limited)
     ├── BudgetExceeded          429  budget_exceeded       (a spending budget is used up; Retry-After)
     ├── Throttled               429  rate_limited          (over a requests/tokens-per-minute throttle)
+    ├── LimitsUnavailable       503  limits_unavailable    (Redis is down and budgets fail closed)
     └── AllTargetsFailed        502  all_targets_failed    (every target of the route failed)
 
-Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError).
+Bad input is 400 everywhere (as OpenAI answers it, so its SDK raises BadRequestError),
+except a feedback payload that parses but cannot be used: 422 (``/api/feedback`` is no
+OpenAI route).
+The HTTP layer also answers a failing store (``keel.store.db.DB_ERRORS``) with 503
+``store_unavailable`` and Retry-After.
 The HTTP layer turns any of these into ``{"error": {"code", "message", "type", "param"}}``,
 which is also the shape OpenAI's SDK parses into its own exception types.
 """
@@ -112,6 +122,14 @@ class TextTooLong(RequestError):
     code = "text_too_long"
 
 
+class InvalidFeedback(RequestError):
+    """A feedback payload that parses but cannot be used (``POST /api/feedback``): an
+    unknown kind, a value of the wrong type or range, a correction in the wrong shape."""
+
+    code = "invalid_feedback"
+    status = 422
+
+
 class NotFound(KeelError):
     code = "not_found"
     status = 404
@@ -144,6 +162,10 @@ class RolloutNotFound(NotFound):
 
 class EventNotFound(NotFound):
     code = "event_not_found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
 
 
 class RouteNotFound(NotFound):
@@ -232,10 +254,28 @@ class RolloutConflict(ControlConflict):
     code = "rollout_conflict"
 
 
+class KeyExists(ControlConflict):
+    code = "key_exists"
+
+
 class InvalidApiKey(KeelError):
     code = "invalid_api_key"
     status = 401
     type = "authentication_error"
+
+
+class PermissionDenied(KeelError):
+    """A valid key whose role, or whose feature list, does not cover the request; the
+    message names the role needed (OpenAI's SDK raises PermissionDeniedError)."""
+
+    code = "permission_denied"
+    status = 403
+    type = "permission_error"
+
+
+class AuthUnavailable(KeelError):
+    code = "auth_unavailable"
+    status = 503
 
 
 class UpstreamRateLimited(KeelError):
@@ -266,6 +306,13 @@ class Throttled(KeelError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class LimitsUnavailable(KeelError):
+    """Budgets and throttles live in Redis, Redis did not answer, and they fail closed."""
+
+    code = "limits_unavailable"
+    status = 503
 
 
 class AllTargetsFailed(KeelError):

@@ -14,6 +14,7 @@ from keel.stages.checks import Check, build_checks
 from keel.stages.circuit import CircuitBreaker, Circuits, CircuitSettings
 from keel.stages.guards import CustomCheck, Guard, build_guards
 from keel.stages.route import Router
+from keel.stages.route_policy import RoutePolicy
 from keel.stages.validate import Validator, build_validators
 from keel.stages.validate.custom import CustomValidator
 from keel.stages.validate.grounded import Embed
@@ -44,6 +45,8 @@ class Feature:
         self.guards: list[Guard] = build_guards(spec, custom_checks or {}, count_tokens)
         self.validators: list[Validator] = build_validators(spec, custom_validators, embed)
         self.router = Router(spec.aliases, spec.fallbacks)
+        # the cost-aware policy over the router's route (routing: in keel.yaml), if any
+        self.routing = RoutePolicy(spec.routing) if spec.routing is not None else None
         self._root = root
         self._providers = providers
         self._circuits = circuits

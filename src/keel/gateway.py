@@ -27,10 +27,11 @@ from keel.spec import BudgetSpec, KeelSpec, ProviderSpec, VersionSpec, load_spec
 from keel.stages.circuit import Circuits
 from keel.stages.guards import CustomCheck
 from keel.stages.hold import ReviewHub
+from keel.stages.privacy import scrub_outcome
 from keel.stages.record import EventWriter
 from keel.stages.validate.custom import CustomValidator
 from keel.stages.validate.grounded import Embed
-from keel.store import SQLiteStore
+from keel.store import open_store
 from keel.store.policy import policy_overrides
 from keel.streaming import StreamStart
 from keel.types import JSON, Call, Delta, Event, Outcome, ReviewRequest
@@ -38,6 +39,7 @@ from keel.types import JSON, Call, Delta, Event, Outcome, ReviewRequest
 if TYPE_CHECKING:
     from keel.control.alerts import AlertSink
     from keel.control.sync import ControlSync
+    from keel.stages.cache import CacheStage
 
 
 class TraceIds:
@@ -82,13 +84,17 @@ class Keel:
         for ``{type: custom, name: ...}`` in keel.yaml."""
         self.settings = settings or Settings()
         self.spec = spec
-        self.store = SQLiteStore(self.settings.database)
-        self.writer = EventWriter(self.store, batch_size=self.settings.event_batch_size)
+        self.store = open_store(self.settings)
+        self.writer = EventWriter.configured(self.store, spec, self.settings)
         provider_specs = {"local": ProviderSpec(type="local"), **spec.providers}
         used = {v.provider for f in spec.features.values() for v in f.versions.values()}
         grounded = any(v.type == "groundedness" for f in spec.features.values() for v in f.validators)
         if grounded:
             used.add("local")  # groundedness embeds with the local model
+        semantic = any(f.cache is not None and f.cache.semantic is not None
+                       for f in spec.features.values())
+        if semantic:
+            used.add("local")  # so does the semantic cache
         self._provider_specs = provider_specs
         self.providers: dict[str, Provider] = {
             name: build_provider(name, pspec, self.settings.extra_provider_types)
@@ -113,14 +119,33 @@ class Keel:
             self.features, self._record, self.pricing,
             store_payloads=self.settings.store_payloads,
         )
+        self.cache: CacheStage | None = None
+        if any(f.cache is not None for f in spec.features.values()):
+            from keel.stages.cache import build_cache
+
+            self.cache = self.pipeline.cache = build_cache(
+                self.features, self.settings,
+                local_embedder(self.providers["local"]) if semantic else None)
         self.alerts: AlertSink | None = None
         if spec.budgets or spec.throttles:
             from keel.control.alerts import AlertSink
             from keel.stages.budget import BudgetGate, Limits
 
             self.alerts = AlertSink(self.store, spec.alerts)
-            limits = Limits(spec.budgets, spec.throttles, spend=self._budget_spend,
-                            thresholds=spec.alerts.thresholds, on_alert=self.alerts.raise_)
+            limits: Limits
+            if self.settings.redis_url:  # shared by every process: exact across them
+                import redis
+
+                from keel.stages.budget_redis import RedisLimits
+
+                limits = RedisLimits(
+                    spec.budgets, spec.throttles, spend=self._budget_spend,
+                    client=redis.Redis.from_url(self.settings.redis_url),
+                    prefix=self.settings.redis_prefix, thresholds=spec.alerts.thresholds,
+                    on_alert=self.alerts.raise_, fail_open=self.settings.limits_fail_open)
+            else:
+                limits = Limits(spec.budgets, spec.throttles, spend=self._budget_spend,
+                                thresholds=spec.alerts.thresholds, on_alert=self.alerts.raise_)
             self.pipeline.budgets = BudgetGate(limits, self.pricing)
             self.observers.append(self.pipeline.budgets.observe)
         self._trace_ids = TraceIds()
@@ -176,6 +201,8 @@ class Keel:
                     except KeelError as exc:
                         raise ConfigError(f"features.{fname}.versions.{vname}: {exc.message}") from None
             await self.sync.load_registered()  # versions trained or registered since
+            if self.cache is not None:  # after the sync: it knows the generations
+                await self.cache.start()
         except BaseException:
             await self.close()
             raise
@@ -200,8 +227,19 @@ class Keel:
         try:
             await target.provider.prepare(target.template)
         except BaseException:
-            self.features[feature].targets.pop(name, None)
+            self.unload_version(feature, name)
             raise
+
+    def unload_version(self, feature: str, name: str) -> None:
+        """Stop serving a version :meth:`load_version` loaded, and forget its spec (never
+        one of keel.yaml's: those are served for the process's life)."""
+        f = self.features[feature]
+        if name in self.spec.features[feature].versions:
+            return
+        f.targets.pop(name, None)
+        if name in f.spec.versions:
+            f.spec = f.spec.model_copy(update={"versions": {
+                v: s for v, s in f.spec.versions.items() if v != name}})
 
     def apply_policy_overrides(self) -> None:
         """Thresholds changed through the control plane (keel calibrate --apply) win over
@@ -219,11 +257,14 @@ class Keel:
         """Close providers, then drain the event writer: nothing accepted is lost."""
         if self.sync is not None:
             await self.sync.stop()
+        if self.cache is not None:
+            await self.cache.close()
         if self.alerts is not None:
             await self.alerts.close()
         for provider in self.providers.values():
             await provider.close()
         self.writer.close()
+        self.store.close()
         self.observability.close()  # after the writer: the last calls' spans are exported
         self._started = False
 
@@ -249,16 +290,18 @@ class Keel:
         options: dict[str, JSON] | None = None,
         session: str | None = None,
         pin: str | None = None,
+        cache: str = "use",
     ) -> Outcome:
         """Serve one call. ``session`` keeps a canary split sticky when there is no user;
-        ``pin`` serves exactly that version and records nothing (evaluation runs)."""
+        ``pin`` serves exactly that version and records nothing (evaluation runs);
+        ``cache``: ``refresh`` skips the cache lookup, ``bypass`` the lookup and saving."""
         if pin is not None:
             target = self.pipeline.feature(feature).targets.get(pin)
             if target is None:
                 raise VersionNotFound(f"feature '{feature}' has no version '{pin}' loaded")
         call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
-                    options or {}, session, pin)
-        return await self.pipeline.run(call)
+                    options or {}, session, pin, cache_mode=cache)
+        return scrub_outcome(await self.pipeline.run(call), self.writer.scrubber)
 
     def stream(
         self,
@@ -271,10 +314,11 @@ class Keel:
         body_bytes: int = 0,
         options: dict[str, JSON] | None = None,
         session: str | None = None,
+        cache: str = "use",
     ) -> AsyncIterator[StreamStart | Delta | Outcome]:
         """Deltas as they arrive, then the Outcome (see :mod:`keel.streaming`)."""
         call = Call(feature, input, trace_id or self._trace_ids.new(), user, key, body_bytes,
-                    options or {}, session)
+                    options or {}, session, cache_mode=cache)
         return self.pipeline.stream(call)
 
 

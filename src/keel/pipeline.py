@@ -1,6 +1,6 @@
 """The order of one call's stages, in one place:
 
-    checks -> route -> invoke (+ fallback) -> validate -> decide -> record
+    checks -> route -> cache -> invoke (+ fallback) -> validate -> decide -> record
 
 Each stage lives in its own module under :mod:`keel.stages`; this module only wires
 them together, times them and builds the :class:`~keel.types.Outcome`. It is async and
@@ -30,11 +30,13 @@ from keel.feature import Feature
 from keel.pricing import Pricing
 from keel.spec import RetrySpec
 from keel.stages.budget import BudgetGate
+from keel.stages.cache import CacheStage, source
 from keel.stages.checks import run_checks
 from keel.stages.decide import USABLE, decide
 from keel.stages.guards import GuardOutcome, run_guards
 from keel.stages.hold import ReviewHub
 from keel.stages.invoke import invoke_target
+from keel.stages.route_policy import plan_route, settle
 from keel.stages.validate import run_validators
 from keel.streaming import StreamStart, stream_call
 from keel.types import (
@@ -69,6 +71,7 @@ class Pipeline:
         self._store_payloads = store_payloads
         self.rng = rng or random.Random()
         self.budgets: BudgetGate | None = None  # set when keel.yaml has budgets or throttles
+        self.cache: CacheStage | None = None  # set when a feature has cache: in keel.yaml
 
     def feature(self, name: str) -> Feature:
         try:
@@ -145,8 +148,17 @@ class Pipeline:
         route = feature.router.route(call)
 
         call.routed = route.versions[0]
+        # routing policy (keel.stages.route_policy): reorders the route's targets
+        plan = plan_route(feature, call, route, self.rng)
+        route = plan.route
         t2 = clock()
         timings["route"] = _ms(t, t2)
+
+        # cache (keel.stages.cache): a hit answers here; the decided answer is saved below
+        lookup = None if self.cache is None else await self.cache.lookup(feature, call, guarded, timings)
+        if lookup is not None and lookup.hit is not None:
+            self.emit(call, start, timings, lookup.hit)
+            return lookup.hit
 
         attempts: list[Attempt] = []
         validations: list[ValidationResult] = []
@@ -208,6 +220,11 @@ class Pipeline:
                 attempts[-1].rejected_by = f"validator:{sent_on.validator}"
                 rejected = (index, version, completion, output, validations)
                 continue
+            escalate = plan.escalate(index, completion.confidence, validations)  # cascade
+            if escalate is not None and more_targets:
+                attempts[-1].rejected_by = escalate
+                rejected = (index, version, completion, output, validations)
+                continue
             answer = (index, version, completion, output)
             break
 
@@ -231,7 +248,7 @@ class Pipeline:
             index, version, completion, output = answer
             verdict = decide(
                 output, completion.confidence, validations, feature.spec.policy,
-                feature.spec.safe_default, from_fallback=index > 0,
+                feature.spec.safe_default, from_fallback=index >= plan.planned,
             )
             outcome = Outcome(
                 trace_id=call.trace_id, feature=feature.name, version=version,
@@ -242,6 +259,7 @@ class Pipeline:
                 finish_reason="content_filter" if verdict.decision is Decision.REFUSED
                 else completion.finish_reason,
             )
+        settle(plan, feature, self.pricing, outcome, answer)  # routing policy: label, saved
         timings["decide"] = _ms(t_dec)
         if guarded is not None:
             outcome.checks = guarded.results
@@ -255,6 +273,8 @@ class Pipeline:
             await self._review(feature, call, outcome, timings, audit)
         elif audit and outcome.decision in USABLE:
             self.queue_review(feature, call, outcome, "deferred", reason="audit sample", audit=True)
+        if lookup is not None:
+            await lookup.save(outcome)  # cache: only accepted / repaired answers are kept
         self.emit(call, start, timings, outcome)
         return outcome
 
@@ -311,6 +331,8 @@ class Pipeline:
                 output=outcome.output if keep_output else None,
                 user=call.user, key=call.key, reason=outcome.reason,
                 error_code=outcome.error_code, checks=outcome.checks, routed=call.routed,
+                policy=outcome.policy, saved_usd=outcome.saved_usd,
+                cache=source(outcome.cache),
             )
         )
 

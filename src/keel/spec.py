@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keel.errors import ConfigError
 from keel.providers.base import OutputKind, template_fields
+from keel.spec_cache import CacheSpec
+from keel.spec_privacy import PrivacySpec, RetentionSpec
+from keel.spec_routing import RoutingSpec
 from keel.types import JSON, OnFail
 
 
@@ -69,7 +72,8 @@ EMBEDDING_INPUT_SCHEMA: dict[str, JSON] = {
     "type": "object",
     "required": ["input"],
     "properties": {"input": {"type": "array", "minItems": 1, "maxItems": 2048,
-                             "items": {"type": "string"}}},
+                             # providers refuse an empty string (OpenAI: "'$.input' is invalid")
+                             "items": {"type": "string", "minLength": 1}}},
 }
 
 
@@ -311,6 +315,10 @@ class GateSpec(_Strict):
                                         "whatever the ratio (small latencies are noisy)")
 
 
+# a business outcome's name (feedback kind outcome, rollout.outcomes)
+OUTCOME_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 class RolloutSLOSpec(_Strict):
     """Hard limits for a canary: crossing one rolls back at once."""
 
@@ -347,6 +355,19 @@ class RolloutSpec(_Strict):
                               description="human verdicts per version before overrides count")
     slo: RolloutSLOSpec = Field(default_factory=RolloutSLOSpec)
     require_gate: bool = Field(default=True, description="start only with a passing eval")
+    outcomes: dict[str, Literal["higher", "lower"]] = Field(
+        default_factory=dict,
+        description="business outcomes (POST /api/feedback, kind outcome) judged like the "
+                    "other rates: name -> which way is better, e.g. {ticket_resolved: higher}")
+
+    @field_validator("outcomes")
+    @classmethod
+    def _outcome_names(cls, outcomes: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in outcomes if not OUTCOME_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"outcome name {bad[0]!r}: lower-case letters, digits and '_', "
+                             "starting with a letter (e.g. ticket_resolved)")
+        return outcomes
 
     @field_validator("steps")
     @classmethod
@@ -420,6 +441,11 @@ class FeatureSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     slo: SLOSpec = Field(default_factory=SLOSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    routing: RoutingSpec | None = Field(
+        default=None, description="cost-aware routing policy (docs/routing.md)")
+    cache: CacheSpec | None = Field(
+        default=None, description="reuse accepted answers: exact and/or semantic (docs/caching.md)")
     safe_default: JSON = None
 
     @model_validator(mode="before")
@@ -453,6 +479,10 @@ class FeatureSpec(_Strict):
                 raise ValueError(
                     f"fallback '{version}' is not a version (versions: {', '.join(self.versions)})"
                 )
+        if self.routing is not None:
+            self.routing.check_versions(self.versions)
+        if self.cache is not None:
+            self.cache.check_feature(self.output.kind, self.input.text_field)
         return self
 
 
@@ -512,6 +542,7 @@ class KeelSpec(_Strict):
     budgets: list[BudgetSpec] = Field(default_factory=list)
     throttles: list[ThrottleSpec] = Field(default_factory=list)
     alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
 
     @model_validator(mode="after")
     def _unique_limit_names(self) -> KeelSpec:

@@ -30,8 +30,9 @@ from keel.errors import (
 )
 from keel.stages.decide import USABLE, decide
 from keel.stages.invoke_stream import aclose_quietly, open_stream
+from keel.stages.route_policy import plan_route, settle
 from keel.stages.validate import run_validators
-from keel.types import JSON, Attempt, Call, Decision, Delta, Outcome, Usage
+from keel.types import JSON, Attempt, Call, Completion, Decision, Delta, Outcome, Usage
 
 if TYPE_CHECKING:
     from keel.pipeline import Pipeline
@@ -103,9 +104,9 @@ class Accumulator:
 
 async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamStart | Delta | Outcome]:
     """A StreamStart, the deltas as they come, then the final Outcome; or only an Outcome
-    when an input guard refused the call. Raises RequestError for bad input, StreamFailed
-    when no target produced a first delta, ProviderStreamInterrupted when the chosen
-    target broke mid-stream (all recorded)."""
+    when an input guard refused the call or the cache had the answer. Raises RequestError
+    for bad input, StreamFailed when no target produced a first delta,
+    ProviderStreamInterrupted when the chosen target broke mid-stream (all recorded)."""
     feature = pipeline.feature(call.feature)
     clock = time.perf_counter
     start = clock()
@@ -117,7 +118,16 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
     t = clock()
     route = feature.router.route(call)
     call.routed = route.versions[0]
+    plan = plan_route(feature, call, route, pipeline.rng, streaming=True)  # routing policy
+    route = plan.route
     timings["route"] = _ms(t)
+    # cache (keel.stages.cache): a hit is the whole answer at once, like a refusal
+    lookup = None if pipeline.cache is None else await pipeline.cache.lookup(
+        feature, call, guarded, timings)
+    if lookup is not None and lookup.hit is not None:
+        pipeline.emit(call, start, timings, lookup.hit)
+        yield lookup.hit
+        return
 
     attempts: list[Attempt] = []
     last_error: ProviderError | None = None
@@ -170,7 +180,7 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
         validations, output = await run_validators(feature.validators, output, call.input)
         timings["validate"] = _ms(t_val)
         verdict = decide(output, None, validations, feature.spec.policy, feature.spec.safe_default,
-                         from_fallback=index > 0)
+                         from_fallback=index >= plan.planned)
         reason = verdict.reason
         decision = verdict.decision
         if guarded is not None and guarded.review and decision in USABLE:
@@ -184,9 +194,13 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
             checks=guarded.results if guarded is not None else [],
             finish_reason=acc.finish_reason or "stop",
         )
+        settle(plan, feature, pipeline.pricing, outcome,
+               (index, version, Completion(output, usage=acc.usage), output))
         if outcome.decision is Decision.REVIEW:  # already streamed: held review cannot apply
             pipeline.queue_review(feature, call, outcome, "deferred")
             outcome.review = "pending"
+        if lookup is not None:
+            await lookup.save(outcome)  # cache: kept when accepted / repaired
         pipeline.emit(call, start, timings, outcome)
         yield outcome
         return
@@ -199,6 +213,7 @@ async def stream_call(pipeline: Pipeline, call: Call) -> AsyncIterator[StreamSta
                 f"last error: {last_error.message if last_error else 'none'}")
     if isinstance(last_error, ProviderRateLimited):
         outcome.retry_after = last_error.retry_after
+    settle(plan, feature, pipeline.pricing, outcome, None)
     pipeline.emit(call, start, timings, outcome)
     raise StreamFailed(outcome)
 

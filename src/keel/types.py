@@ -56,6 +56,12 @@ class Call:
     pin: str | None = None
     # set by the route stage: the version chosen first (events group canary metrics by it)
     routed: str | None = None
+    # set by the budget stage when a budget is nearly spent and the feature allows it
+    # (routing.downgrade_to): the cheaper version that serves the call instead
+    downgrade: str | None = None
+    # the cache (keel.stages.cache): "use"; "refresh" (no lookup, the answer is saved);
+    # "bypass" (neither): from x-keel-cache / Cache-Control, or Keel.call(cache=...)
+    cache_mode: str = "use"
 
 
 @dataclass(slots=True)
@@ -167,6 +173,12 @@ class Outcome:
     # "approved", "edited", "rejected" or "timed_out" (the safe default was returned)
     review: str | None = None
     checks: list[Any] = field(default_factory=list)  # input guards' CheckResults
+    # the routing policy's choice and what it saved vs. its baseline (keel.stages.route_policy)
+    policy: str | None = None
+    saved_usd: float | None = None
+    # for features with a cache: hit-exact, hit-semantic, miss or bypass (on a hit,
+    # saved_usd is the cost of the call it avoided)
+    cache: str | None = None
 
 
 @dataclass(slots=True)
@@ -214,3 +226,10 @@ class Event:
     error_code: str | None = None
     checks: list[Any] = field(default_factory=list)
     routed: str | None = None
+    # where the answer came from when not from a model call: "exact" or "semantic" cache
+    cache: str | None = None
+    # what the call cost less than its baseline: the avoided call on a cache hit, the
+    # cheaper target a routing policy chose (USD; None: nothing saved)
+    saved_usd: float | None = None
+    # the routing policy's choice, e.g. "cascade:escalated" (None: the fixed route)
+    policy: str | None = None

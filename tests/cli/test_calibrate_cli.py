@@ -16,8 +16,8 @@ from keel.cli.common import console
 from keel.gateway import Keel
 from keel.settings import Settings
 from keel.spec import load_spec
-from keel.store import SQLiteStore
 from keel.store.policy import policy_history
+from tests.backends import store_at
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_calibrate_on_a_csv_and_apply(tmp_path: Path, monkeypatch: pytest.Monkey
                                  "--config", str(REPO / "keel.yaml"), "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert "threshold  accepted  coverage" in result.output and "recorded: accept_at 0.713 ->" in result.output
-    (change,) = policy_history(SQLiteStore(db), "intent")
+    (change,) = policy_history(store_at(db), "intent")
     assert change["actor"] == "ann" and change["details"]["alpha"] == 0.15
     new = change["new_value"]
 
@@ -45,7 +45,7 @@ def test_calibrate_on_a_csv_and_apply(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def seed_verdicts(db: Path, n: int = 400) -> None:
-    store = SQLiteStore(db)
+    store = store_at(db)
     store.migrate()
     conn = store.connect()
     with conn:
@@ -74,7 +74,7 @@ def test_calibrate_from_review_verdicts(tmp_path: Path, monkeypatch: pytest.Monk
     assert "400 labelled items from review verdicts" in result.output
     assert "accept_at = " in result.output
     assert "validators against the reviewers" in result.output and "allowed_labels" in result.output
-    assert policy_history(SQLiteStore(db), "intent") == []  # nothing applied without --apply
+    assert policy_history(store_at(db), "intent") == []  # nothing applied without --apply
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -84,6 +84,6 @@ def test_calibrate_from_review_verdicts(tmp_path: Path, monkeypatch: pytest.Monk
 ])
 def test_calibrate_errors(tmp_path: Path, args: list[str], message: str) -> None:
     db = tmp_path / "k.db"
-    SQLiteStore(db).migrate()
+    store_at(db).migrate()
     result = runner.invoke(app, [*args, "--config", str(REPO / "keel.yaml"), "--db", str(db)])
     assert result.exit_code == 2 and message in result.output

@@ -88,6 +88,7 @@ def test_call_errors(config: Path, tmp_path: Path, args: list[str], message: str
     assert message in result.output
 
 
+@pytest.mark.sqlite_only  # a missing SQLite file; a server database is always there
 def test_events_without_a_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["events", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2 and "no event store" in result.output

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from keel.cli import data
 from keel.cli.common import console
 from keel.control.datasets import DatasetSink, DatasetStore, Provenance
-from keel.store import SQLiteStore
+from tests.backends import store_at
 from tests.conftest import SHARED_DATA
 
 runner = CliRunner()
@@ -60,7 +60,7 @@ def run(env: Path, *args: str) -> tuple[int, str]:
 
 
 def store(env: Path) -> DatasetStore:
-    return DatasetStore(SQLiteStore(env / "keel.db"))
+    return DatasetStore(store_at(env / "keel.db"))
 
 
 def test_import_show_list_export_verify(env: Path) -> None:
@@ -91,7 +91,7 @@ def test_import_show_list_export_verify(env: Path) -> None:
 
     code, out = run(env, "verify", "tickets")
     assert code == 0 and f"ok: tickets@1 matches its digest {v1.digest}" in out
-    conn = SQLiteStore(env / "keel.db").connect()
+    conn = store_at(env / "keel.db").connect()
     with conn:
         conn.execute("UPDATE dataset_members SET split = 'train' WHERE split = 'golden'")
     conn.close()
@@ -118,7 +118,7 @@ def test_reimport_is_the_same_version_and_versions_grow(env: Path) -> None:
 
 
 def test_commit_snapshots_the_draft_of_review_verdicts(env: Path) -> None:
-    sqlite = SQLiteStore(env / "keel.db")
+    sqlite = store_at(env / "keel.db")
     sqlite.migrate()
     sink = DatasetSink(sqlite)
     for i, verdict in enumerate(["approve", "reject", "edit"]):
@@ -198,6 +198,7 @@ def test_file_errors(env: Path) -> None:
     assert store(env).items("t", 1)[0].expected == {"label": "x"}
 
 
+@pytest.mark.sqlite_only  # a missing SQLite file; a server database is always there
 def test_read_commands_need_a_store(env: Path) -> None:
     code, out = run(env, "list")
     assert code == 2 and "no store at" in out

@@ -12,7 +12,7 @@ from keel.cli import app
 from keel.cli.common import console
 from keel.control import drift as drift_module
 from keel.providers.local.embedder import ModelFilesMissing
-from keel.store import SQLiteStore
+from tests.backends import store_at
 from tests.control.drift_kit import HOUR, T0, Shape, traffic
 
 runner = CliRunner()
@@ -33,7 +33,7 @@ BASE, DRIFT = Shape(), Shape(words=16, weights=(0.2, 0.3, 0.5))
 def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(console, "width", 250)
     (tmp_path / "keel.yaml").write_text(CONFIG)
-    traffic(SQLiteStore(tmp_path / "keel.db"), [BASE, BASE, DRIFT, DRIFT])
+    traffic(store_at(tmp_path / "keel.db"), [BASE, BASE, DRIFT, DRIFT])
     return ["--config", str(tmp_path / "keel.yaml"), "--db", str(tmp_path / "keel.db")]
 
 
@@ -78,7 +78,7 @@ def test_json_and_options(paths: list[str]) -> None:
 def test_no_drift_is_said_plainly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console, "width", 250)
     (tmp_path / "keel.yaml").write_text(CONFIG)
-    traffic(SQLiteStore(tmp_path / "keel.db"), [BASE, BASE], seed=2)
+    traffic(store_at(tmp_path / "keel.db"), [BASE, BASE], seed=2)
     code, out = drift("f", "-w", "1h", "--config", str(tmp_path / "keel.yaml"),
                       "--db", str(tmp_path / "keel.db"))
     assert code == 0 and "no alert: no window drifted" in out
@@ -111,6 +111,7 @@ def test_errors_exit_2(paths: list[str], args: list[str], message: str) -> None:
     assert message in out
 
 
+@pytest.mark.sqlite_only  # a missing SQLite file; a server database is always there
 def test_no_store(tmp_path: Path) -> None:
     (tmp_path / "keel.yaml").write_text(CONFIG)
     code, out = drift("f", "--config", str(tmp_path / "keel.yaml"), "--db", str(tmp_path / "no.db"))

@@ -3,9 +3,7 @@ and ``keel eval-runs``, through typer's CliRunner against a fake OpenAI upstream
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,8 @@ from keel.cli import app
 from keel.cli.common import console
 from keel.control.datasets import DatasetStore, Item
 from keel.control.evaluation import get_run, list_runs
-from keel.store import SQLiteStore
 from keel.testing import FakeUpstream
+from tests.backends import store_at
 
 runner = CliRunner()
 LABELS = ["a", "b", "c"]
@@ -69,7 +67,7 @@ def upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "keel.db"
-    store = SQLiteStore(path)
+    store = store_at(path)
     store.migrate()
     DatasetStore(store).commit("golden", [Item.of({"text": t}, {"label": label}, split="eval")
                                           for t, label in ROWS], actor="test")
@@ -99,7 +97,7 @@ def keel_eval(config: Path, db: Path, *args: str) -> Any:
 def test_an_eval_run_on_a_dataset_version(config: Path, db: Path) -> None:
     result = keel_eval(config, db, "--dataset", "golden@1", "--actor", "ci")
     assert result.exit_code == 0, result.output
-    (run,) = list_runs(SQLiteStore(db), "triage")
+    (run,) = list_runs(store_at(db), "triage")
     assert (run.version, run.dataset_ref, run.status, run.done, run.actor) == ("v1", "golden@1", "done", N, "ci")
     assert run.metrics is not None and run.metrics["accuracy"] == pytest.approx(0.9)
     assert f"eval run {run.id}: triage v1 on golden@1 (done)" in result.output
@@ -110,7 +108,7 @@ def test_gate_exit_codes_pass_then_fail(config: Path, db: Path) -> None:
     passed = keel_eval(config, db, "--version", "v3", "--gate")
     assert passed.exit_code == 0, passed.output
     assert "gate PASSED" in passed.output and "non-inferiority accuracy" in passed.output
-    store = SQLiteStore(db)
+    store = store_at(db)
     champion_runs = list_runs(store, "triage", "v1")
     assert len(champion_runs) == 1  # the champion was evaluated on the same dataset version
 
@@ -174,17 +172,17 @@ def test_no_gate_dataset_pinned_exits_2(tmp_path: Path, upstream: FakeUpstream, 
     unset.write_text(config.read_text().replace("dataset: golden", "dataset: null"))
     result = keel_eval(unset, db)
     assert result.exit_code == 2 and "set gate.dataset in keel.yaml" in result.output
-    DatasetStore(SQLiteStore(db)).pin("triage", "golden", 1, actor="t")
+    DatasetStore(store_at(db)).pin("triage", "golden", 1, actor="t")
     assert keel_eval(config, db, "--gate").exit_code == 0
     assert keel_eval(unset, db, "--gate").exit_code == 0  # the pin alone says which
 
 
 def test_resume_finishes_an_interrupted_run(config: Path, db: Path) -> None:
     assert keel_eval(config, db, "--version", "v2").exit_code == 0
-    store = SQLiteStore(db)
+    store = store_at(db)
     (whole,) = list_runs(store, "triage")
     # as if the process had died after 25 items
-    with closing(sqlite3.connect(db)) as conn, conn:
+    with store.connection() as conn, conn:
         conn.execute("DELETE FROM eval_results WHERE run_id = ? AND item_hash NOT IN (SELECT"
                      " item_hash FROM eval_results WHERE run_id = ? ORDER BY item_hash LIMIT 25)",
                      (whole.id, whole.id))
@@ -203,7 +201,7 @@ def test_resume_finishes_an_interrupted_run(config: Path, db: Path) -> None:
 
 def test_eval_runs_lists_and_shows(config: Path, db: Path) -> None:
     assert keel_eval(config, db, "--version", "v2", "--gate").exit_code == 1
-    store = SQLiteStore(db)
+    store = store_at(db)
     (bad,) = list_runs(store, "triage", "v2")
     (champion,) = list_runs(store, "triage", "v1")
     listed = runner.invoke(app, ["eval-runs", "triage", "--db", str(db)])

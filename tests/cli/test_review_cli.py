@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from keel.cli import review
 from keel.cli.common import console
 from keel.control.datasets import DatasetSink
-from keel.store import SQLiteStore
 from keel.store.reviews import ReviewStore
 from keel.types import OnFail, ReviewRequest, ValidationResult
+from tests.backends import store_at
 
 runner = CliRunner()
 cli = typer.Typer()
@@ -52,7 +52,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     config = tmp_path / "keel.yaml"
     config.write_text(CONFIG)
     db = tmp_path / "keel.db"
-    store = SQLiteStore(db)
+    store = store_at(db)
     store.migrate()
     conn = store.connect()
     store.write_reviews(conn, [item("t-low", confidence=0.1), item("t-mid", confidence=0.3),
@@ -75,7 +75,7 @@ def test_list_and_stats(paths: tuple[Path, Path]) -> None:
     assert "3 of 3 pending" in out and out.index("t-low") < out.index("t-mid") < out.index("t-high")
     code, out = run(paths, "list", "--status", "all", "-n", "1")
     assert code == 0 and "1 of 4 all" in out
-    ReviewStore(SQLiteStore(paths[1])).record("t-low", "ann", "reject", reason="spam")
+    ReviewStore(store_at(paths[1])).record("t-low", "ann", "reject", reason="spam")
     code, out = run(paths, "stats")
     assert code == 0, out
     assert "triage" in out and "extract" in out and "100%" in out  # all closed ones rejected
@@ -83,6 +83,7 @@ def test_list_and_stats(paths: tuple[Path, Path]) -> None:
     assert code == 2 and "no feature named 'nope'" in out
 
 
+@pytest.mark.sqlite_only  # a missing SQLite file; a server database is always there
 def test_a_missing_store_is_a_clear_error(paths: tuple[Path, Path], tmp_path: Path) -> None:
     result = runner.invoke(cli, ["review", "list", "--config", str(paths[0]),
                                  "--db", str(tmp_path / "none.db")])
@@ -97,13 +98,13 @@ def test_next_approves_edits_by_number_and_rejects(paths: tuple[Path, Path]) -> 
     assert code == 0, out
     assert "input of t-low" in out and "allowed_labels" in out and "0.10" in out
     assert "nothing left to review for ann" in out and "3 verdict(s) recorded" in out
-    reviews = ReviewStore(SQLiteStore(paths[1]))
+    reviews = ReviewStore(store_at(paths[1]))
     low, mid, high = (reviews.get(t) for t in ("t-low", "t-mid", "t-high"))
     assert low is not None and low.final_verdict == "approve"
     assert mid is not None and mid.final_output == {"label": "shipping"}
     assert high is not None and high.final_verdict == "reject"
     assert high.votes[0].reason == "not about billing"
-    assert DatasetSink(SQLiteStore(paths[1])).count("triage-gold") == 3
+    assert DatasetSink(store_at(paths[1])).count("triage-gold") == 3
 
 
 def test_labels_by_prefix_and_ambiguity(paths: tuple[Path, Path]) -> None:
@@ -112,10 +113,10 @@ def test_labels_by_prefix_and_ambiguity(paths: tuple[Path, Path]) -> None:
                     input="e\nship\nzzz\nshipping_d\nsure\nq\n")
     assert code == 0, out
     assert "several match: shipping, shipping_delay" in out and "no label matches" in out
-    low = ReviewStore(SQLiteStore(paths[1])).get("t-low")
+    low = ReviewStore(store_at(paths[1])).get("t-low")
     assert low is not None and low.final_output == {"label": "shipping_delay"}
     assert low.votes[0].reason == "sure"
-    mid = ReviewStore(SQLiteStore(paths[1])).get("t-mid")
+    mid = ReviewStore(store_at(paths[1])).get("t-mid")
     assert mid is not None and mid.assigned_to is None  # quitting gave it back
 
 
@@ -127,14 +128,14 @@ def test_skip_moves_on_and_json_edits(paths: tuple[Path, Path]) -> None:
                     input="e\n{bad\n{\"total\": 12}\n\n")
     assert code == 0, out
     assert "not JSON" in out
-    x = ReviewStore(SQLiteStore(paths[1])).get("x-1")
+    x = ReviewStore(store_at(paths[1])).get("x-1")
     assert x is not None and x.final_output == {"total": 12}
 
 
 def test_end_of_input_releases_the_claim(paths: tuple[Path, Path]) -> None:
     code, out = run(paths, "next", "-r", "dan", "-f", "triage", input="")
     assert code == 130 and "stopped; 0 verdict(s) recorded" in out
-    low = ReviewStore(SQLiteStore(paths[1])).get("t-low")
+    low = ReviewStore(store_at(paths[1])).get("t-low")
     assert low is not None and low.assigned_to is None
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from keel.cli import app
 from keel.control.datasets import DatasetStore, Item
 from keel.control.registry import Registry
-from keel.store import SQLiteStore
+from tests.backends import store_at
 from tests.conftest import SHARED_DATA
 from tests.control.test_registry import passing_run
 
@@ -77,7 +77,7 @@ def test_register_and_move_aliases(paths: tuple[Path, Path], tmp_path: Path) -> 
     assert code == 0 and "canary - -> v3" in out
     code, out = run(paths, "versions", "alias", "triage", "champion", "v3")
     assert code == 2 and "gate" in out
-    store = SQLiteStore(paths[1])
+    store = store_at(paths[1])
     conn = store.connect()
     with conn:
         conn.execute("INSERT INTO dataset_versions VALUES ('golden', 1, 'sha256:x', 0, '{}', NULL,"
@@ -100,7 +100,7 @@ def test_train_from_the_cli(paths: tuple[Path, Path]) -> None:
         for row in csv.DictReader(f):
             if row["category"] in labels and len(items) < 60:
                 items.append(Item.of({"text": row["text"]}, {"label": row["category"]}, split="train"))
-    store = SQLiteStore(paths[1])
+    store = store_at(paths[1])
     store.migrate()
     DatasetStore(store).commit("triage-data", items, actor="t")
     code, out = run(paths, "versions", "train", "triage", "--dataset", "triage-data@1",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from keel.stages.guards import CheckResult
-from keel.store.sqlite import SQLiteStore
+from keel.store import Store
 from keel.types import Decision, Event
 
 HOUR = 3600.0
@@ -66,7 +66,7 @@ def window(rng: np.random.Generator, start: float, n: int, shape: Shape = Shape(
     return out
 
 
-def write(store: SQLiteStore, events: Sequence[Event]) -> None:
+def write(store: Store, events: Sequence[Event]) -> None:
     store.migrate()
     conn = store.connect()
     try:
@@ -75,7 +75,7 @@ def write(store: SQLiteStore, events: Sequence[Event]) -> None:
         conn.close()
 
 
-def traffic(store: SQLiteStore, shapes: Sequence[Shape], n: int = 300, seed: int = 0,
+def traffic(store: Store, shapes: Sequence[Shape], n: int = 300, seed: int = 0,
             feature: str = "f", start: float = T0) -> None:
     """One hour per shape, ``n`` events each, from ``start``."""
     rng = np.random.default_rng(seed)

@@ -27,7 +27,8 @@ from keel.control.datasets import (
     members_digest,
 )
 from keel.errors import ConfigError, DatasetNotFound, InvalidRequest
-from keel.store import SQLiteStore
+from keel.store import Store
+from tests.backends import store_at
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,14 +36,14 @@ BANKING77 = ROOT / os.environ.get("KEEL_BANKING77_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     return store
 
 
 @pytest.fixture
-def ds(store: SQLiteStore) -> DatasetStore:
+def ds(store: Store) -> DatasetStore:
     return DatasetStore(store)
 
 
@@ -85,7 +86,7 @@ def test_digest_is_deterministic_and_content_only(tmp_path: Path, ds: DatasetSto
     items = labelled(30)
     v = ds.commit("a", items, actor="t")
     # another store, another name, another order: the same digest
-    other = SQLiteStore(tmp_path / "other.db")
+    other = store_at(tmp_path / "other.db")
     other.migrate()
     w = DatasetStore(other).commit("b", list(reversed(items)), actor="u", note="x")
     assert v.digest == w.digest and v.number == w.number == 1
@@ -101,7 +102,7 @@ def test_digest_is_deterministic_and_content_only(tmp_path: Path, ds: DatasetSto
     assert ds.commit("a", labelled(1, "new"), actor="t").digest != v.digest
 
 
-def test_versions_are_immutable_and_verified(ds: DatasetStore, store: SQLiteStore) -> None:
+def test_versions_are_immutable_and_verified(ds: DatasetStore, store: Store) -> None:
     v1 = ds.commit("d", labelled(10), actor="alice", note="first")
     before = ds.items("d", 1)
     v2 = ds.commit("d", labelled(5, "more"), actor="bob")
@@ -223,7 +224,7 @@ def test_an_unlabelled_item_is_never_in_train(ds: DatasetStore) -> None:
 # --- the draft --------------------------------------------------------------------------
 
 
-def test_the_draft_of_review_verdicts_commits_to_versions(ds: DatasetStore, store: SQLiteStore) -> None:
+def test_the_draft_of_review_verdicts_commits_to_versions(ds: DatasetStore, store: Store) -> None:
     sink = DatasetSink(store)
     for i, verdict in enumerate(["approve", "edit", "reject"] * 40):
         expected = None if verdict == "reject" else {"label": "billing" if verdict == "approve" else "other"}
@@ -253,7 +254,7 @@ def test_the_draft_of_review_verdicts_commits_to_versions(ds: DatasetStore, stor
 # --- lookups and errors -------------------------------------------------------------------
 
 
-def test_lookup_errors_say_what_exists(ds: DatasetStore, store: SQLiteStore) -> None:
+def test_lookup_errors_say_what_exists(ds: DatasetStore, store: Store) -> None:
     with pytest.raises(DatasetNotFound, match="no dataset 'nope'; there are no datasets yet"):
         ds.version("nope")
     ds.commit("alpha", labelled(3), actor="t")

@@ -15,8 +15,9 @@ from keel.control.drift import Reference, drift_report, parse_duration, parse_ti
 from keel.control.evaluation import EvalRunner
 from keel.errors import DatasetNotFound, InvalidRequest
 from keel.gateway import Keel
-from keel.store.sqlite import SQLiteStore
+from keel.store import Store
 from keel.types import Decision, Event
+from tests.backends import store_at
 from tests.conftest import settings_in
 from tests.control.drift_kit import HOUR, T0, WORDS, Shape, traffic, write
 from tests.control.evalkit import Answers, label_spec
@@ -27,13 +28,13 @@ STABLE = ["confidence", "review", "refused", "latency_ms", "output_tokens"]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    s = store_at(tmp_path / "keel.db")
     s.migrate()
     return s
 
 
-def test_two_drifted_windows_in_a_row_alert(store: SQLiteStore) -> None:
+def test_two_drifted_windows_in_a_row_alert(store: Store) -> None:
     traffic(store, [BASE, BASE, BASE, DRIFT, DRIFT])
     report = drift_report(store, "f", window=HOUR)
     assert [w.role for w in report.windows] == ["reference"] + ["tested"] * 4
@@ -60,7 +61,7 @@ def test_two_drifted_windows_in_a_row_alert(store: SQLiteStore) -> None:
     ([BASE, BASE, DRIFT, BASE], [False, False, True, False]),
     ([BASE, DRIFT, BASE, DRIFT], [False, True, False, True]),
 ])
-def test_drifted_windows_apart_do_not_alert(store: SQLiteStore, shapes: list[Shape],
+def test_drifted_windows_apart_do_not_alert(store: Store, shapes: list[Shape],
                                             drifted: list[bool]) -> None:
     traffic(store, shapes)
     report = drift_report(store, "f", window=HOUR)
@@ -68,14 +69,14 @@ def test_drifted_windows_apart_do_not_alert(store: SQLiteStore, shapes: list[Sha
     assert not report.alert and report.alert_since is None and report.drifted_windows == sum(drifted)
 
 
-def test_no_drift_on_the_same_traffic(store: SQLiteStore) -> None:
+def test_no_drift_on_the_same_traffic(store: Store) -> None:
     traffic(store, [BASE] * 6, seed=3)
     report = drift_report(store, "f", window=HOUR)
     assert report.drifted_windows == 0 and not report.alert
     assert all(r.method == "ks" for r in (w.columns["text_length"] for w in report.windows[1:]))
 
 
-def test_a_reference_range(store: SQLiteStore) -> None:
+def test_a_reference_range(store: Store) -> None:
     traffic(store, [BASE, BASE, DRIFT, DRIFT])
     report = drift_report(store, "f", window=HOUR,
                           reference=Reference.parse("window", T0 + 2 * HOUR, T0 + 4 * HOUR))
@@ -89,7 +90,7 @@ def test_a_reference_range(store: SQLiteStore) -> None:
     assert len(later.windows) == 2 and all(w.drifted for w in later.windows)
 
 
-def test_windows_by_count_and_defaults(store: SQLiteStore) -> None:
+def test_windows_by_count_and_defaults(store: Store) -> None:
     traffic(store, [BASE] * 4)
     report = drift_report(store, "f", windows=2, columns=["text_length"])
     assert len(report.windows) == 2 and report.windows[0].n + report.windows[1].n == 1200
@@ -101,7 +102,7 @@ def test_windows_by_count_and_defaults(store: SQLiteStore) -> None:
     assert any("one window only" in note for note in one.notes)
 
 
-def test_guard_columns(store: SQLiteStore) -> None:
+def test_guard_columns(store: Store) -> None:
     calm = Shape(pii=0.05, language={"de": 0.02})
     loud = Shape(pii=0.3, language={"de": 0.2, "fr": 0.1})
     traffic(store, [calm, calm, loud, loud])
@@ -117,7 +118,7 @@ def test_guard_columns(store: SQLiteStore) -> None:
     assert isinstance(ref_shares, dict) and ref_shares["allowed"] > 0.9
 
 
-def test_input_and_output_fields(store: SQLiteStore) -> None:
+def test_input_and_output_fields(store: Store) -> None:
     rng = np.random.default_rng(0)
     events: list[Event] = []
     for hour, (channel, amount) in enumerate([("web", 20.0), ("web", 20.0), ("app", 40.0)]):
@@ -140,7 +141,7 @@ def test_input_and_output_fields(store: SQLiteStore) -> None:
     assert [w.drifted_columns for w in report.windows[1:]] == [[], ["input.channel", "input.amount"]]
 
 
-def test_odd_values_are_read_row_by_row(store: SQLiteStore) -> None:
+def test_odd_values_are_read_row_by_row(store: Store) -> None:
     odd = [Event(trace_id=f"o{i}", ts=T0 + HOUR + i, feature="f", version="v1",
                  decision=Decision.ACCEPTED, confidence=None, latency_ms=1.0, timings_ms={},
                  input_tokens=1, output_tokens=1, cost_usd=None, attempts=[], validations=[],
@@ -162,7 +163,7 @@ def test_odd_values_are_read_row_by_row(store: SQLiteStore) -> None:
     assert report.windows[1].columns["label"].drifted
 
 
-def test_parallel_slices_read_the_same(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_slices_read_the_same(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     traffic(store, [BASE, DRIFT, BASE], n=200, start=T0,
             feature="f")
     one = drift_report(store, "f", window=HOUR, threads=1).to_json()
@@ -214,7 +215,7 @@ async def test_the_champions_eval_data_as_reference(tmp_path: Path) -> None:
         drift_report(keel.store, "f", reference="dataset:nope@1")
 
 
-def test_a_champion_without_an_eval_run(store: SQLiteStore) -> None:
+def test_a_champion_without_an_eval_run(store: Store) -> None:
     traffic(store, [BASE])
     with pytest.raises(InvalidRequest) as err:
         drift_report(store, "f", reference="champion", champion="v1")
@@ -223,7 +224,7 @@ def test_a_champion_without_an_eval_run(store: SQLiteStore) -> None:
         drift_report(store, "f", reference="champion")
 
 
-def test_an_empty_reference_window(store: SQLiteStore) -> None:
+def test_an_empty_reference_window(store: Store) -> None:
     traffic(store, [BASE, DRIFT])
     report = drift_report(store, "f", window=HOUR, since=T0 - HOUR)
     assert [w.n for w in report.windows] == [0, 300, 300]
@@ -231,14 +232,14 @@ def test_an_empty_reference_window(store: SQLiteStore) -> None:
     assert not report.alert and "has no events: nothing could be tested" in report.notes[0]
 
 
-def test_a_feature_without_events(store: SQLiteStore) -> None:
+def test_a_feature_without_events(store: Store) -> None:
     report = drift_report(store, "nothing", window=HOUR)
     assert report.windows == [] and not report.alert
     assert report.notes == ["no events of 'nothing' in this range"]
     assert orjson.loads(orjson.dumps(report.to_json()))["windows"] == []
 
 
-def test_the_json_a_chart_is_drawn_from(store: SQLiteStore) -> None:
+def test_the_json_a_chart_is_drawn_from(store: Store) -> None:
     traffic(store, [BASE, BASE, DRIFT])
     data = orjson.loads(orjson.dumps(drift_report(store, "f", window=HOUR).to_json()))
     assert {"feature", "since", "until", "window_s", "reference", "thresholds", "columns",
@@ -267,7 +268,7 @@ def test_the_json_a_chart_is_drawn_from(store: SQLiteStore) -> None:
     ({"reference": "yesterday"}, "reference"),
     ({"reference": "dataset:bad name!"}, "reference"),
 ])
-def test_bad_parameters(store: SQLiteStore, kwargs: dict[str, object], param: str) -> None:
+def test_bad_parameters(store: Store, kwargs: dict[str, object], param: str) -> None:
     traffic(store, [BASE], n=40)
     with pytest.raises(InvalidRequest) as err:
         drift_report(store, "f", **kwargs)  # type: ignore[arg-type]

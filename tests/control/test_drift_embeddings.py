@@ -16,7 +16,7 @@ from keel.control.drift import drift_report
 from keel.control.drift_embed import classifier_auc, embedding_tests, local_embed, mmd_test, sample
 from keel.control.drift_tests import CLASSIFIER_AUC, MMD, Thresholds
 from keel.providers.local.embedder import ModelFilesMissing
-from keel.store.sqlite import SQLiteStore
+from tests.backends import store_at
 from tests.conftest import SHARED_DATA
 from tests.control.drift_kit import HOUR, WORDS, Shape, traffic
 
@@ -83,7 +83,7 @@ def fake_embed(texts: Sequence[str]) -> np.ndarray:
 
 
 def test_the_embedding_column_in_a_report(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "keel.db")
+    store = store_at(tmp_path / "keel.db")
     traffic(store, [Shape(), Shape(), Shape(words=16)], n=250)
     report = drift_report(store, "f", window=HOUR, columns=["label"], embeddings=True,
                           embed=fake_embed)
@@ -107,7 +107,7 @@ def test_without_the_local_model_the_embedding_is_skipped(
         raise ModelFilesMissing("the local model is not installed")
 
     monkeypatch.setattr(drift_module, "local_embed", missing)
-    store = SQLiteStore(tmp_path / "keel.db")
+    store = store_at(tmp_path / "keel.db")
     traffic(store, [Shape(), Shape()], n=50)
     report = drift_report(store, "f", window=HOUR, columns=["label"], embeddings=True)
     assert report.skipped == {"embedding": "the local model is not installed"}

@@ -12,19 +12,20 @@ from keel.control.registry import Registry, bootstrap, file_sha256, spec_hash
 from keel.errors import ConfigError, GateRequired, InvalidRequest, VersionExists, VersionNotFound
 from keel.gateway import Keel
 from keel.spec import VersionSpec
-from keel.store import SQLiteStore
+from keel.store import Store
 from keel.types import Completion
+from tests.backends import store_at
 from tests.conftest import basic_feature, scripted, settings_in, spec_with
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     return store
 
 
-def passing_run(store: SQLiteStore, feature: str, version: str, passed: bool = True) -> str:
+def passing_run(store: Store, feature: str, version: str, passed: bool = True) -> str:
     """An eval_runs row as the evaluator writes it when a gate is decided."""
     run_id = f"run-{version}-{int(passed)}"
     conn = store.connect()
@@ -39,7 +40,7 @@ def passing_run(store: SQLiteStore, feature: str, version: str, passed: bool = T
     return run_id
 
 
-def test_register_is_idempotent_and_numbers_versions(store: SQLiteStore) -> None:
+def test_register_is_idempotent_and_numbers_versions(store: Store) -> None:
     registry = Registry(store)
     a = registry.register("f", "v1", VersionSpec(provider="p1", model="m1"), actor="me", source="t")
     again = registry.register("f", "v1", VersionSpec(provider="p1", model="m1"), actor="other",
@@ -51,7 +52,7 @@ def test_register_is_idempotent_and_numbers_versions(store: SQLiteStore) -> None
     assert registry.next_name("f", "trained") == "trained-3"
 
 
-def test_a_registered_version_cannot_change(store: SQLiteStore) -> None:
+def test_a_registered_version_cannot_change(store: Store) -> None:
     registry = Registry(store)
     registry.register("f", "v1", VersionSpec(provider="p1", model="m1", prompt="A"), actor="me",
                       source="t")
@@ -60,7 +61,7 @@ def test_a_registered_version_cannot_change(store: SQLiteStore) -> None:
                           actor="me", source="t")
 
 
-def test_bad_names_are_refused(store: SQLiteStore) -> None:
+def test_bad_names_are_refused(store: Store) -> None:
     with pytest.raises(InvalidRequest):
         Registry(store).register("f", "no spaces", VersionSpec(model="m"), actor="me", source="t")
 
@@ -75,7 +76,7 @@ def test_a_head_counts_by_content_not_path(tmp_path: Path) -> None:
     assert spec_hash(VersionSpec(model="m", params={"head": str(two)}), file_sha256(two)) != same[0]
 
 
-def test_bootstrap_seeds_aliases_once_and_refuses_edited_versions(store: SQLiteStore) -> None:
+def test_bootstrap_seeds_aliases_once_and_refuses_edited_versions(store: Store) -> None:
     spec = spec_with(basic_feature())
     registry = bootstrap(store, spec)
     assert registry.aliases("f") == {"champion": "v1"}
@@ -89,7 +90,7 @@ def test_bootstrap_seeds_aliases_once_and_refuses_edited_versions(store: SQLiteS
         bootstrap(store, spec_with(edited))
 
 
-def test_champion_needs_a_passing_eval_run_unless_forced(store: SQLiteStore) -> None:
+def test_champion_needs_a_passing_eval_run_unless_forced(store: Store) -> None:
     registry = bootstrap(store, spec_with(basic_feature()))
     with pytest.raises(GateRequired, match="keel eval f --version v2 --gate"):
         registry.move_alias("f", "champion", "v2", actor="me")
@@ -109,7 +110,7 @@ def test_champion_needs_a_passing_eval_run_unless_forced(store: SQLiteStore) -> 
     assert history[-1].actor == "keel.yaml"
 
 
-def test_other_aliases_move_freely_and_the_canary_can_go(store: SQLiteStore) -> None:
+def test_other_aliases_move_freely_and_the_canary_can_go(store: Store) -> None:
     registry = bootstrap(store, spec_with(basic_feature()))
     registry.move_alias("f", "canary", "v2", actor="me")
     assert registry.aliases("f") == {"champion": "v1", "canary": "v2"}
@@ -131,7 +132,7 @@ async def test_a_running_keel_serves_versions_and_aliases_changed_elsewhere(tmp_
         p1 = scripted(keel, "p1")
         p1.default = Completion(output={"label": "a"}, confidence=0.9)
         # another process registers v3 and makes it champion
-        other = Registry(SQLiteStore(tmp_path / "keel.db"))
+        other = Registry(store_at(tmp_path / "keel.db"))
         other.register("f", "v3", VersionSpec(provider="p1", model="m3"), actor="cli:x", source="cli")
         other.move_alias("f", "champion", "v3", actor="cli:x", force=True)
         assert keel.sync is not None
@@ -145,7 +146,7 @@ async def test_a_running_keel_serves_versions_and_aliases_changed_elsewhere(tmp_
 async def test_an_alias_to_a_version_this_process_cannot_serve_keeps_the_old_one(tmp_path: Path) -> None:
     keel = Keel(spec_with(basic_feature()), settings_in(tmp_path))
     async with keel:
-        other = Registry(SQLiteStore(tmp_path / "keel.db"))
+        other = Registry(store_at(tmp_path / "keel.db"))
         other.register("f", "elsewhere", VersionSpec(provider="nowhere", model="m"), actor="x",
                        source="cli")
         other.move_alias("f", "champion", "elsewhere", actor="x", force=True)

@@ -17,7 +17,8 @@ from keel.errors import (
     VersionNotFound,
 )
 from keel.spec import RolloutSLOSpec, RolloutSpec
-from keel.store.sqlite import SQLiteStore
+from keel.store import Store
+from tests.backends import store_at
 from tests.control.rollout_fakes import Clock, FakeRegistry, Scripted, make_controller
 
 SPEC = RolloutSpec(steps=[0.05, 0.5, 1.0], min_calls=200, min_step_s=60,
@@ -30,14 +31,14 @@ def good(version: str, calls: int = 1000, errors: int = 20) -> VersionMetrics:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    s = store_at(tmp_path / "keel.db")
     s.migrate()
     return s
 
 
 class World:
-    def __init__(self, store: SQLiteStore, spec: RolloutSpec = SPEC,
+    def __init__(self, store: Store, spec: RolloutSpec = SPEC,
                  gate_runs: dict[str, str] | None = None) -> None:
         self.store = store
         self.clock = Clock()
@@ -54,7 +55,7 @@ class World:
                 for t in self.c.rollouts.transitions(rollout_id)]
 
 
-def test_start_sets_the_canary_and_records_it(store: SQLiteStore) -> None:
+def test_start_sets_the_canary_and_records_it(store: Store) -> None:
     w = World(store)
     rid = w.start()
     rollout = w.c.rollouts.get(rid)
@@ -70,7 +71,7 @@ def test_start_sets_the_canary_and_records_it(store: SQLiteStore) -> None:
         w.c.start("triage", "v3", actor="cli:bob", force=True)
 
 
-def test_start_refusals(store: SQLiteStore) -> None:
+def test_start_refusals(store: Store) -> None:
     w = World(store, gate_runs={})
     with pytest.raises(GateRequired, match="--force"):
         w.start()
@@ -92,7 +93,7 @@ def test_start_refusals(store: SQLiteStore) -> None:
     assert "forced" in w.c.rollouts.transitions(rid)[0].reason
 
 
-def test_equal_candidate_walks_every_step_then_promotes(store: SQLiteStore) -> None:
+def test_equal_candidate_walks_every_step_then_promotes(store: Store) -> None:
     w = World(store)
     rid = w.start()
     w.metrics.now = {"v1": good("v1"), "v2": good("v2")}
@@ -117,7 +118,7 @@ def test_equal_candidate_walks_every_step_then_promotes(store: SQLiteStore) -> N
     assert w.c.tick() == []
 
 
-def test_worse_candidate_rolls_back_with_its_metrics(store: SQLiteStore) -> None:
+def test_worse_candidate_rolls_back_with_its_metrics(store: Store) -> None:
     w = World(store)
     rid = w.start()
     w.metrics.now = {"v1": good("v1", 20000, 400), "v2": good("v2", 2000, 120)}  # 2% vs 6%
@@ -132,7 +133,7 @@ def test_worse_candidate_rolls_back_with_its_metrics(store: SQLiteStore) -> None
     assert current_splits(store) == {}
 
 
-def test_no_judgement_before_min_calls_then_deadline(store: SQLiteStore) -> None:
+def test_no_judgement_before_min_calls_then_deadline(store: Store) -> None:
     w = World(store)
     rid = w.start()
     w.metrics.now = {"v1": good("v1", 5000), "v2": good("v2", 150, errors=30)}  # 20%, few calls
@@ -152,7 +153,7 @@ def test_no_judgement_before_min_calls_then_deadline(store: SQLiteStore) -> None
     assert w.registry.aliases == {"champion": "v1"}
 
 
-def test_no_traffic_rolls_back_after_the_deadline(store: SQLiteStore) -> None:
+def test_no_traffic_rolls_back_after_the_deadline(store: Store) -> None:
     w = World(store)
     rid = w.start()
     w.clock.advance(60)
@@ -166,7 +167,7 @@ def test_no_traffic_rolls_back_after_the_deadline(store: SQLiteStore) -> None:
     assert [s for _, s, _, _ in w.transitions(rid)] == ["running", "running", "rolled_back"]
 
 
-def test_inconclusive_then_enough_data_moves_on(store: SQLiteStore) -> None:
+def test_inconclusive_then_enough_data_moves_on(store: Store) -> None:
     w = World(store)
     rid = w.start()
     w.clock.advance(60)
@@ -177,7 +178,7 @@ def test_inconclusive_then_enough_data_moves_on(store: SQLiteStore) -> None:
     assert t.weight == 0.5 and w.c.rollouts.get(rid).inconclusive_since is None
 
 
-def test_hard_slo_breach_rolls_back_at_once(store: SQLiteStore) -> None:
+def test_hard_slo_breach_rolls_back_at_once(store: Store, tmp_path: Path) -> None:
     spec = SPEC.model_copy(update={"slo": RolloutSLOSpec(error_rate=0.5, min_calls=20)})
     w = World(store, spec)
     w.start()
@@ -186,7 +187,7 @@ def test_hard_slo_breach_rolls_back_at_once(store: SQLiteStore) -> None:
     assert t.to_state == "rolled_back" and "hard SLO breach: error rate" in t.reason
     assert t.metrics is not None and t.metrics["judgement"]["verdict"] == "breach"  # type: ignore[index]
     # while paused too
-    w2 = World(SQLiteStore(store.path.with_name("other.db")), spec)
+    w2 = World(store_at(tmp_path / "other.db"), spec)
     w2.store.migrate()
     w2.start()
     w2.c.pause("triage", actor="cli:ann")
@@ -195,7 +196,7 @@ def test_hard_slo_breach_rolls_back_at_once(store: SQLiteStore) -> None:
     assert (t.from_state, t.to_state) == ("paused", "rolled_back")
 
 
-def test_manual_actions(store: SQLiteStore) -> None:
+def test_manual_actions(store: Store) -> None:
     w = World(store, gate_runs={})
     for action in (w.c.pause, w.c.resume, w.c.rollback):
         with pytest.raises(RolloutNotFound):
@@ -229,7 +230,7 @@ def test_manual_actions(store: SQLiteStore) -> None:
         assert all(t.actor for t in w.c.rollouts.transitions(r))
 
 
-def test_auto_promotion_waits_for_a_gate_run(store: SQLiteStore) -> None:
+def test_auto_promotion_waits_for_a_gate_run(store: Store) -> None:
     w = World(store, RolloutSpec(steps=[1.0], min_calls=200, min_step_s=0), gate_runs={})
     with pytest.raises(GateRequired):
         w.start()
@@ -246,7 +247,7 @@ def test_auto_promotion_waits_for_a_gate_run(store: SQLiteStore) -> None:
     assert w2.c.rollouts.get(rid).state == "promoted"
 
 
-def test_stale_changes_conflict(store: SQLiteStore) -> None:
+def test_stale_changes_conflict(store: Store) -> None:
     w = World(store)
     rid = w.start()
     stale = w.c.rollouts.get(rid)
@@ -258,7 +259,7 @@ def test_stale_changes_conflict(store: SQLiteStore) -> None:
         RolloutStore(store).get(999)
 
 
-def test_wired_to_the_registry(store: SQLiteStore) -> None:
+def test_wired_to_the_registry(store: Store) -> None:
     """controller_for: the real registry's aliases; no gate dataset pinned means no gate run."""
     from keel.control.registry import Registry
     from keel.control.rollout import controller_for

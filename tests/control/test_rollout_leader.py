@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 from keel.control.leader import Lease
-from keel.store.sqlite import SQLiteStore
+from keel.store import Store
+from tests.backends import store_at
 from tests.control.rollout_fakes import Clock
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    s = store_at(tmp_path / "keel.db")
     s.migrate()
     return s
 
 
-def test_two_holders_contend(store: SQLiteStore) -> None:
+def test_two_holders_contend(store: Store) -> None:
     clock = Clock()
     a = Lease(store, "rollouts", "host-a:1", ttl_s=30, clock=clock)
     b = Lease(store, "rollouts", "host-b:2", ttl_s=30, clock=clock)
@@ -41,7 +42,7 @@ def test_two_holders_contend(store: SQLiteStore) -> None:
     assert b.current_holder() == ("host-a:1", clock.t + 30)
 
 
-def test_racing_processes_one_winner(store: SQLiteStore) -> None:
+def test_racing_processes_one_winner(store: Store) -> None:
     barrier = threading.Barrier(8)
     wins: list[str] = []
 
@@ -59,6 +60,6 @@ def test_racing_processes_one_winner(store: SQLiteStore) -> None:
     assert len(wins) == 1
 
 
-def test_ttl_must_be_positive(store: SQLiteStore) -> None:
+def test_ttl_must_be_positive(store: Store) -> None:
     with pytest.raises(ValueError):
         Lease(store, "x", "me", ttl_s=0)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from keel.control.live_metrics import live_metrics
+from keel.store import Store
 from keel.store.reviews import ReviewStore
-from keel.store.sqlite import SQLiteStore
 from keel.types import Decision, Event, OnFail, ReviewRequest, ValidationResult
+from tests.backends import store_at
 
 T = 1_700_000_000.0
 
@@ -28,8 +29,8 @@ def event(i: int, routed: str | None, decision: Decision = Decision.ACCEPTED, *,
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    s = store_at(tmp_path / "keel.db")
     s.migrate()
     conn = s.connect()
     s.write_events(conn, [
@@ -52,7 +53,7 @@ def store(tmp_path: Path) -> SQLiteStore:
     return s
 
 
-def test_counts_per_routed_version(store: SQLiteStore) -> None:
+def test_counts_per_routed_version(store: Store) -> None:
     m = live_metrics(store, "triage", "v2", T, T + 50)
     assert (m.calls, m.errors, m.validation_failures, m.reviews, m.refusals) == (5, 2, 2, 1, 1)
     assert (m.verdicts, m.overrides) == (3, 2)  # r3 is still pending
@@ -68,7 +69,8 @@ def test_counts_per_routed_version(store: SQLiteStore) -> None:
     assert empty.calls == 0 and empty.latency_p95_ms is None and empty.cost_per_call is None
 
 
-def test_uses_the_routed_index(store: SQLiteStore) -> None:
+@pytest.mark.sqlite_only  # reads SQLite's own catalogue
+def test_uses_the_routed_index(store: Store) -> None:
     conn = store.connect()
     try:
         plan = " ".join(str(tuple(r)) for r in conn.execute(

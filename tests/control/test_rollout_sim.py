@@ -19,8 +19,9 @@ from keel.control.live_metrics import live_metrics
 from keel.control.rollout import RolloutController, current_splits
 from keel.spec import RolloutSpec
 from keel.stages.route import Router, Split
-from keel.store.sqlite import SQLiteStore
+from keel.store import Store
 from keel.types import Attempt, Call, Decision, Event, OnFail, ValidationResult
+from tests.backends import store_at
 from tests.control.rollout_fakes import (
     Arm,
     Clock,
@@ -40,7 +41,7 @@ CHAMPION = Arm(error=0.02)
 TWICE_AS_BAD = Arm(error=0.04)
 
 
-def run_rollout(store: SQLiteStore, seed: int, candidate: Arm,
+def run_rollout(store: Store, seed: int, candidate: Arm,
                 spec: RolloutSpec = SIM_SPEC) -> tuple[str, list[float]]:
     """One rollout on in-memory traffic: (final state, the weights it went through)."""
     clock = Clock()
@@ -61,14 +62,14 @@ def run_rollout(store: SQLiteStore, seed: int, candidate: Arm,
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    s = store_at(tmp_path / "keel.db")
     s.migrate()
     return s
 
 
 @pytest.fixture
-def fast_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+def fast_store(tmp_path: Path) -> Iterator[Store]:
     """The same store through one kept-open connection: the many-seed runs."""
     s = OneConnectionStore(tmp_path / "sim.db")
     s.migrate()
@@ -76,18 +77,18 @@ def fast_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
-def test_twice_as_bad_is_rolled_back(store: SQLiteStore) -> None:
+def test_twice_as_bad_is_rolled_back(store: Store) -> None:
     state, weights = run_rollout(store, 1, TWICE_AS_BAD)
     assert state == "rolled_back" and weights[-1] < 1.0
 
 
-def test_equal_is_promoted_through_every_step(store: SQLiteStore) -> None:
+def test_equal_is_promoted_through_every_step(store: Store) -> None:
     state, weights = run_rollout(store, 1, CHAMPION)
     assert state == "promoted"
     assert weights == SIM_SPEC.steps
 
 
-def test_false_rollbacks_and_power_over_many_seeds(fast_store: SQLiteStore) -> None:
+def test_false_rollbacks_and_power_over_many_seeds(fast_store: Store) -> None:
     equal = [run_rollout(fast_store, seed, CHAMPION)[0] for seed in range(SEEDS)]
     worse = [run_rollout(fast_store, 10_000 + seed, TWICE_AS_BAD)[0] for seed in range(SEEDS)]
     false_rate = equal.count("rolled_back") / SEEDS
@@ -101,7 +102,7 @@ def test_false_rollbacks_and_power_over_many_seeds(fast_store: SQLiteStore) -> N
     assert power >= 0.8
 
 
-def test_far_worse_is_always_caught(fast_store: SQLiteStore) -> None:
+def test_far_worse_is_always_caught(fast_store: Store) -> None:
     """Three times the error rate, or double the p95 latency: rolled back every time."""
     triple = [run_rollout(fast_store, seed, Arm(error=0.06))[0] for seed in range(20)]
     slow = [run_rollout(fast_store, seed, Arm(latency_mu=4.6 + np.log(2)))[0]
@@ -115,7 +116,7 @@ def test_far_worse_is_always_caught(fast_store: SQLiteStore) -> None:
 class EventTraffic:
     """Calls from a pool of users, each routed by a real Router and written as an Event."""
 
-    def __init__(self, store: SQLiteStore, rng: np.random.Generator, arms: dict[str, Arm],
+    def __init__(self, store: Store, rng: np.random.Generator, arms: dict[str, Arm],
                  rate: float, users: int = 3000) -> None:
         self.store, self.rng, self.arms, self.rate, self.users = store, rng, arms, rate, users
         self.router = Router({"champion": "v1"}, [])
@@ -152,7 +153,7 @@ class EventTraffic:
             validations=validations, input=None, output=None, user=call.user, routed=version)
 
 
-def run_events(store: SQLiteStore, seed: int, candidate: Arm,
+def run_events(store: Store, seed: int, candidate: Arm,
                spec: RolloutSpec) -> tuple[str, RolloutController]:
     clock = Clock()
     registry = FakeRegistry(gate_runs={"v2": "run-1"})
@@ -171,7 +172,7 @@ def run_events(store: SQLiteStore, seed: int, candidate: Arm,
 REAL_SPEC = RolloutSpec(steps=[0.05, 0.25, 1.0], min_calls=150, min_step_s=300)
 
 
-def test_real_path_equal_promoted_and_sticky(store: SQLiteStore) -> None:
+def test_real_path_equal_promoted_and_sticky(store: Store) -> None:
     state, controller = run_events(store, 7, CHAMPION, REAL_SPEC)
     assert state == "promoted"
     transitions = controller.rollouts.transitions(1)
@@ -191,7 +192,7 @@ def test_real_path_equal_promoted_and_sticky(store: SQLiteStore) -> None:
         seen[user] = routed
 
 
-def test_real_path_twice_as_bad_rolled_back(store: SQLiteStore) -> None:
+def test_real_path_twice_as_bad_rolled_back(store: Store) -> None:
     bad = Arm(error=0.04, review=0.10)
     state, controller = run_events(store, 7, bad, REAL_SPEC)
     assert state == "rolled_back"

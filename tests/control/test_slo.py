@@ -14,8 +14,9 @@ import pytest
 from keel.control.slo import CLIENT_ERROR_CODES, SLOStatus, slo_status
 from keel.errors import ConfigError
 from keel.spec import SLOSpec, parse_spec
-from keel.store import SQLiteStore
+from keel.store import Store
 from keel.types import Decision, Event, OnFail, ValidationResult
+from tests.backends import store_at
 from tests.conftest import basic_feature
 
 NOW = 1_800_000_000.0
@@ -68,8 +69,8 @@ def events(*groups: Calls) -> list[Event]:
     return out
 
 
-def store_with(tmp_path: Path, *groups: Calls) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "keel.db")
+def store_with(tmp_path: Path, *groups: Calls) -> Store:
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     conn = store.connect()
     try:
@@ -84,7 +85,7 @@ def by_objective(statuses: list[SLOStatus]) -> dict[str, SLOStatus]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
+def store(tmp_path: Path) -> Store:
     return store_with(
         tmp_path,
         Calls(ago=10 * DAY, n=1000, errors=5, slow=20, failed_validation=50, reviews=100,
@@ -99,7 +100,7 @@ def store(tmp_path: Path) -> SQLiteStore:
     )
 
 
-def test_error_budget_and_burn_rates(store: SQLiteStore) -> None:
+def test_error_budget_and_burn_rates(store: Store) -> None:
     s = by_objective(slo_status(store, "f", SPEC, NOW))["error_rate"]
     # 1,300 calls in 30 days, 25 errors; 1% allows 13
     assert (s.calls, s.bad, s.allowed) == (1300, 25, pytest.approx(13))
@@ -113,7 +114,7 @@ def test_error_budget_and_burn_rates(store: SQLiteStore) -> None:
     assert s.page and s.ticket
 
 
-def test_latency_counts_calls_slower_than_the_threshold(store: SQLiteStore) -> None:
+def test_latency_counts_calls_slower_than_the_threshold(store: Store) -> None:
     s = by_objective(slo_status(store, "f", SPEC, NOW))["latency_p95_ms"]
     # 30 slow calls; a p95 allows 5% of 1,300 = 65
     assert (s.calls, s.bad, s.allowed) == (1300, 30, pytest.approx(65))
@@ -124,7 +125,7 @@ def test_latency_counts_calls_slower_than_the_threshold(store: SQLiteStore) -> N
     assert s.observed == 50.0  # under 5% slow: the p95 is a fast call
 
 
-def test_validation_review_and_cost(store: SQLiteStore) -> None:
+def test_validation_review_and_cost(store: Store) -> None:
     found = by_objective(slo_status(store, "f", SPEC, NOW))
     v = found["validation_failure_rate"]
     assert (v.bad, v.allowed, v.burn_rates["5m"]) == (50, pytest.approx(130), 0.0)
@@ -176,7 +177,7 @@ def test_without_calls_the_budget_is_whole(tmp_path: Path) -> None:
         assert not s.page and not s.ticket
 
 
-def test_no_objectives_no_status(store: SQLiteStore) -> None:
+def test_no_objectives_no_status(store: Store) -> None:
     assert slo_status(store, "f", SLOSpec(), NOW) == []
 
 
@@ -191,7 +192,7 @@ def test_an_error_without_a_code_is_an_error(tmp_path: Path) -> None:
 def test_the_p95_is_numpys(tmp_path: Path, n: int) -> None:
     rng = random.Random(n)
     latencies = [rng.lognormvariate(4, 1) for _ in range(n)]
-    store = SQLiteStore(tmp_path / "keel.db")
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     conn = store.connect()
     store.write_events(conn, [
@@ -206,7 +207,7 @@ def test_the_p95_is_numpys(tmp_path: Path, n: int) -> None:
     assert fast.observed is None and fast.bad == s.bad == sum(ms > 100 for ms in latencies)
 
 
-def test_status_as_json(store: SQLiteStore) -> None:
+def test_status_as_json(store: Store) -> None:
     body = by_objective(slo_status(store, "f", SPEC, NOW))["error_rate"].to_json()
     assert body["objective"] == "error_rate" and body["target"] == 0.01
     assert body["page"] is True and body["met"] is False

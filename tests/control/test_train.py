@@ -15,7 +15,8 @@ from keel.errors import DatasetNotFound, InvalidRequest
 from keel.gateway import Keel
 from keel.settings import Settings
 from keel.spec import parse_spec
-from keel.store import SQLiteStore
+from keel.store import Store
+from tests.backends import store_at
 from tests.conftest import SHARED_DATA
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"]
@@ -42,8 +43,8 @@ def spec_for(labels: list[str]) -> dict[str, object]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "keel.db")
+def store(tmp_path: Path) -> Store:
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     return store
 
@@ -55,7 +56,7 @@ def test_expected_label_reads_both_shapes() -> None:
 
 
 async def test_a_trained_head_is_registered_with_provenance_and_served(
-        tmp_path: Path, store: SQLiteStore) -> None:
+        tmp_path: Path, store: Store) -> None:
     train = rows(SHARED_DATA / "train.csv", LABELS, 20)
     test = rows(SHARED_DATA / "test.csv", LABELS, 10)
     datasets = DatasetStore(store)
@@ -71,7 +72,7 @@ async def test_a_trained_head_is_registered_with_provenance_and_served(
     assert trained.metrics["label_sentences"] == len(LABELS)
     assert record.card["training"]["trainer"] == "local-head"  # type: ignore[index]
 
-    settings = Settings(database=store.path, control_interval_s=0)
+    settings = Settings(database=tmp_path / "keel.db", control_interval_s=0)
     async with Keel(spec, settings) as keel:
         assert "trained-1" in keel.features["intent"].targets  # loaded from the registry
         right = {"zero-shot": 0, "trained-1": 0}
@@ -83,7 +84,7 @@ async def test_a_trained_head_is_registered_with_provenance_and_served(
     assert right["trained-1"] / len(test) >= 0.8
 
 
-def test_training_refuses_what_it_cannot_learn_from(tmp_path: Path, store: SQLiteStore) -> None:
+def test_training_refuses_what_it_cannot_learn_from(tmp_path: Path, store: Store) -> None:
     spec = parse_spec(spec_for(LABELS)).features["intent"]
     datasets = DatasetStore(store)
     datasets.commit("one-label", [Item.of({"text": "where is my card"}, {"label": "card_arrival"},

@@ -18,8 +18,8 @@ import random
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from keel.store.sqlite import SQLiteStore
 from keel.types import Attempt, Decision, Event, OnFail, ValidationResult
+from tests.backends import store_at
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,12 +102,12 @@ def _event(rng: random.Random, ts: float, feature: str, version: str, decision: 
 
 def seed(database: Path, events: list[Event]) -> None:
     """Write ``events`` into a new store as the event writer would (rollups included)."""
-    store = SQLiteStore(database)
+    store = store_at(database)
     store.migrate()
     conn = store.connect()
     try:
         for i in range(0, len(events), 1000):
-            SQLiteStore.write_events(conn, events[i:i + 1000])
+            store.write_events(conn, events[i:i + 1000])
     finally:
         conn.close()
 

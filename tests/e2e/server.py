@@ -13,6 +13,8 @@ from types import TracebackType
 
 import httpx
 
+from tests.backends import db_args
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,20 +25,24 @@ def free_port() -> int:
 class KeelProcess:
     """``keel serve`` on a free port; waits for /healthz; SIGTERM on exit."""
 
-    def __init__(self, config: Path, database: Path, env: dict[str, str] | None = None,
-                 startup_s: float = 60.0) -> None:
+    def __init__(self, config: Path, database: Path | None, env: dict[str, str] | None = None,
+                 startup_s: float = 60.0, args: tuple[str, ...] = ()) -> None:
+        """``database`` None: the environment names the store (KEEL_DATABASE_URL);
+        ``args``: more flags for ``keel serve`` (e.g. ``--workers 2``)."""
         self.config = config
         self.database = database
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._env = {**os.environ, **(env or {})}
         self._startup_s = startup_s
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = b""
 
     def start(self) -> KeelProcess:
         cmd = [sys.executable, "-m", "keel", "serve", "--config", str(self.config),
-               "--db", str(self.database), "--port", str(self.port)]
+               *(db_args(self.database) if self.database else ()), "--port",
+               str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=self._env)
         deadline = time.monotonic() + self._startup_s

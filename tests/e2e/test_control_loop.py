@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.backends import db_args
 from tests.conftest import SHARED_DATA
 from tests.e2e.server import KeelProcess
 
@@ -59,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeelProces
 
 def keel(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keel", *args, "--config", str(tmp / "keel.yaml"),
-                           "--db", str(tmp / "keel.db")], capture_output=True, text=True,
+                           *db_args(tmp / "keel.db")], capture_output=True, text=True,
                           timeout=300, check=False)
 
 

@@ -27,8 +27,8 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from keel.server import errors, pages
-from keel.store.sqlite import SQLiteStore
 from keel.testing import FakeUpstream
+from tests.backends import store_at
 from tests.e2e.browser import BrowserMissing, headless_chromium
 from tests.e2e.dashboard_data import MockApi, history, seed
 from tests.e2e.server import KeelProcess, free_port
@@ -184,7 +184,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 assert r.status_code == (502 if feature == "ticket" else 200), r.text
                 traces[text] = r.json().get("trace_id")
             total = len(events) + len(LIVE)
-            store = SQLiteStore(tmp / "keel.db")
+            store = store_at(tmp / "keel.db")
             deadline = time.monotonic() + 10
             while store.count_events() < total and time.monotonic() < deadline:
                 time.sleep(0.05)  # events are written off the hot path, in batches

@@ -4,7 +4,6 @@ official openai SDK: translation both ways, streaming end to end, every failure.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import openai
 import pytest
 
 from keel.testing import FakeAnthropic, FakeUpstream, ToolUse
+from tests.backends import store_at
 from tests.e2e.server import KeelProcess
 
 CONFIG = """
@@ -70,9 +70,10 @@ def client(server: KeelProcess, fakes: tuple[FakeAnthropic, FakeUpstream]) -> op
 def recorded_error(server: KeelProcess, trace_id: str) -> str | None:
     """The error code of one call's event; the writer is asynchronous, so poll briefly."""
     for _ in range(100):
-        conn = sqlite3.connect(server.database)
-        row = conn.execute("SELECT error_code FROM events WHERE trace_id = ?", (trace_id,)).fetchone()
-        conn.close()
+        assert server.database is not None
+        with store_at(server.database).connection() as conn:
+            row = conn.execute("SELECT error_code FROM events WHERE trace_id = ?",
+                               (trace_id,)).fetchone()
         if row:
             return row[0]  # type: ignore[no-any-return]
         time.sleep(0.05)

@@ -5,7 +5,6 @@ verdict the caller gets back long before its hold timeout."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import orjson
 import pytest
 
 from keel.testing import FakeUpstream
+from tests.backends import db_args, store_at
 from tests.e2e.server import KeelProcess
 
 # one token per answer with logprob -1: confidence e^-1 = 0.37 < accept_at 0.5 -> review
@@ -98,10 +98,10 @@ def test_a_held_caller_gets_the_reviewers_verdict(server: KeelProcess, verdict: 
     assert body["trace_id"] == item["trace_id"] and body["decision"] == "review"
     assert body["review"] == review and body["reviewed"] is True and body["output"] == expected
     assert body["timings_ms"]["hold"] < HOLD_S * 1000 / 3  # well before the timeout
-    conn = sqlite3.connect(server.database)
-    row = conn.execute("SELECT expected, provenance FROM dataset_examples WHERE dataset = ?"
-                       " AND example_id = ?", ("triage-gold", item["trace_id"])).fetchone()
-    conn.close()
+    assert server.database is not None
+    with store_at(server.database).connection() as conn:
+        row = conn.execute("SELECT expected, provenance FROM dataset_examples WHERE dataset = ?"
+                           " AND example_id = ?", ("triage-gold", item["trace_id"])).fetchone()
     assert row is not None
     assert (None if row[0] is None else orjson.loads(row[0])) == (
         None if review == "rejected" else expected)
@@ -130,7 +130,7 @@ def test_a_verdict_from_keel_review_in_another_process_reaches_the_held_caller(
                 subprocess.run,
                 [sys.executable, "-c", "from keel.cli.review import app; app()", "next",
                  "--reviewer", "bob", "--feature", "quick", "--config", str(server.config),
-                 "--db", str(server.database)],
+                 *db_args(server.database)],
                 input="a\n", capture_output=True, text=True, timeout=60)
             assert cli.returncode == 0, cli.stdout + cli.stderr
             return await call

@@ -4,15 +4,16 @@ of fake upstreams that fail on command."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from keel.testing import FakeUpstream
+from tests.backends import store_at
 from tests.e2e.server import KeelProcess
 
 CONFIG = """
@@ -57,13 +58,12 @@ def reset(upstreams: tuple[FakeUpstream, FakeUpstream]) -> None:
         upstream.reset()
 
 
-def events(server: KeelProcess, trace_id: str) -> list[sqlite3.Row]:
+def events(server: KeelProcess, trace_id: str) -> list[Any]:
     """The event of one call; the writer is asynchronous, so poll briefly."""
+    assert server.database is not None
     for _ in range(100):
-        conn = sqlite3.connect(server.database)
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM events WHERE trace_id = ?", (trace_id,)).fetchall()
-        conn.close()
+        with store_at(server.database).connection() as conn:
+            rows = conn.execute("SELECT * FROM events WHERE trace_id = ?", (trace_id,)).fetchall()
         if rows:
             return rows
         asyncio.run(asyncio.sleep(0.05))
@@ -181,9 +181,9 @@ def test_concurrent_calls_all_recorded_after_sigterm(
     # uvicorn re-raises the signal (exit status -15) as a supervisor expects
     assert proc.stop() in (0, -15)
     assert b"Traceback" not in proc.output
-    conn = sqlite3.connect(tmp_path / "keel.db")
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == n
-    assert conn.execute("SELECT COUNT(DISTINCT trace_id) FROM events").fetchone()[0] == n
+    with store_at(tmp_path / "keel.db").connection() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == n
+        assert conn.execute("SELECT COUNT(DISTINCT trace_id) FROM events").fetchone()[0] == n
 
 
 def test_sigterm_mid_load_keeps_the_event_of_every_answered_call(
@@ -208,8 +208,8 @@ def test_sigterm_mid_load_keeps_the_event_of_every_answered_call(
     answered = [r.json()["trace_id"] for r in results
                 if isinstance(r, httpx.Response) and r.status_code == 200]
     assert answered, "no call was in flight at SIGTERM"
-    conn = sqlite3.connect(tmp_path / "keel.db")
-    stored = {row[0] for row in conn.execute("SELECT trace_id FROM events")}
+    with store_at(tmp_path / "keel.db").connection() as conn:
+        stored = {row[0] for row in conn.execute("SELECT trace_id FROM events")}
     assert set(answered) <= stored
 
 

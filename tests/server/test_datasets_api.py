@@ -43,6 +43,8 @@ async def test_datasets_versions_and_items(client: httpx.AsyncClient) -> None:
     ("/api/datasets/golden/7", 404, "dataset_not_found"),
     ("/api/datasets/golden/1?split=golden", 404, "dataset_not_found"),
     ("/api/datasets/golden/1?limit=0", 400, "invalid_request"),
+    ("/api/datasets/golden/0", 400, "invalid_request"),
+    (f"/api/datasets/golden/{2**63}", 400, "invalid_request"),  # past 64 bits: was a 500
     ("/api/eval-runs", 400, "invalid_request"),
     ("/api/eval-runs?feature=nope", 404, "feature_not_found"),
     ("/api/eval-runs/nope", 404, "eval_run_not_found"),

@@ -77,6 +77,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"embeddings": "maybe"}, "embeddings"),
     ({"window": "1s", "since": "0"}, "window"),
     ({"windw": "1h"}, "windw"),
+    ({"since": "nan"}, "since"),  # not a time: was a 200 with "since": null
+    ({"until": "inf"}, "until"),
+    ({"reference": f"dataset:golden@{2**63}"}, "reference"),  # past 64 bits: was a 500
 ]
 
 

@@ -135,6 +135,9 @@ async def test_embeddings(client: httpx.AsyncClient, encoding: str) -> None:
         ({"model": "chat", "input": "x"}, 400, "invalid_request"),
         ({"model": "emb", "input": [1, 2]}, 400, "invalid_request"),
         ({"model": "emb", "input": []}, 400, "invalid_request"),
+        # providers refuse an empty text (a 502 from the upstream before): refused here
+        ({"model": "emb", "input": ["x", ""]}, 400, "input_schema_violation"),
+        ({"model": "emb", "input": ""}, 400, "input_schema_violation"),
         ({"model": "emb", "input": "x", "encoding_format": "int8"}, 400, "invalid_request"),
         ({"model": "nope", "input": "x"}, 404, "model_not_found"),
     ],

@@ -9,8 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keel.control.registry import Registry
+from keel.errors import ProviderRejected
 from keel.gateway import Keel
-from tests.conftest import basic_feature, settings_in, spec_with
+from keel.providers.base import ProviderRequest
+from keel.spec import VersionSpec
+from tests.conftest import ScriptedProvider, basic_feature, settings_in, spec_with
 from tests.control.test_registry import passing_run
 from tests.server.test_reviews_api import client_for
 
@@ -56,6 +60,35 @@ async def test_register_serves_the_version_at_once(client: httpx.AsyncClient) ->
     assert r.status_code == 200 and r.json()["to"] == "v3"
     listed = (await client.get("/api/features/f/versions")).json()
     assert listed["aliases"] == {"champion": "v1", "canary": "v3"}
+
+
+async def test_a_version_this_process_cannot_serve_is_refused_not_registered(
+        client: httpx.AsyncClient, keel: Keel, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def prepare(self: ScriptedProvider, request: ProviderRequest) -> None:
+        if request.model == "broken":  # as the local provider refuses a head it cannot load
+            raise ProviderRejected(f"{self.name}: model 'broken' cannot be loaded")
+
+    monkeypatch.setattr(ScriptedProvider, "prepare", prepare)
+    r = await client.post("/api/features/f/versions",
+                          json={"name": "v3", "spec": {"provider": "p2", "model": "broken"}})
+    assert r.status_code == 400, r.text  # was a 502 provider_rejected, after registering it
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", "spec")
+    assert "cannot be served" in error["message"] and "'broken'" in error["message"]
+    listed = (await client.get("/api/features/f/versions")).json()["versions"]
+    assert [v["name"] for v in listed] == ["v1", "v2"]
+    assert "v3" not in keel.features["f"].targets and "v3" not in keel.features["f"].spec.versions
+    r = await client.post("/api/features/f/versions",  # the name is still free
+                          json={"name": "v3", "spec": {"provider": "p2", "model": "m3"}})
+    assert r.status_code == 201, r.text
+    # registered elsewhere (unservable here, so the sync never loads it) with other
+    # settings: 409, and nothing stays loaded here
+    Registry(keel.store).register("f", "v4", VersionSpec(provider="p1", model="broken"),
+                                  actor="test", source="cli")
+    r = await client.post("/api/features/f/versions",
+                          json={"name": "v4", "spec": {"provider": "p1", "model": "here"}})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "version_exists"
+    assert "v4" not in keel.features["f"].targets and "v4" not in keel.features["f"].spec.versions
 
 
 @pytest.mark.parametrize("body, param", [

@@ -7,10 +7,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from keel.stages.record import EventWriter
-from keel.store import SQLiteStore
 from keel.store.migrations import MIGRATIONS
 from keel.types import Decision, Event, ReviewRequest
+from tests.backends import store_at
 
 
 def event(i: int, decision: Decision = Decision.ACCEPTED) -> Event:
@@ -21,7 +23,7 @@ def event(i: int, decision: Decision = Decision.ACCEPTED) -> Event:
 
 
 def test_migrations_apply_once(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "k.db")
+    store = store_at(tmp_path / "k.db")
     assert store.migrate() == [name for name, _ in MIGRATIONS]
     assert store.migrate() == []
 
@@ -33,7 +35,7 @@ def review(i: int) -> ReviewRequest:
 
 
 def test_close_drains_everything_submitted(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "k.db")
+    store = store_at(tmp_path / "k.db")
     store.migrate()
     writer = EventWriter(store, batch_size=64)
     writer.start()
@@ -47,7 +49,7 @@ def test_close_drains_everything_submitted(tmp_path: Path) -> None:
 
 
 def test_duplicate_trace_ids_are_written_once(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "k.db")
+    store = store_at(tmp_path / "k.db")
     store.migrate()
     writer = EventWriter(store)
     writer.start()
@@ -58,7 +60,7 @@ def test_duplicate_trace_ids_are_written_once(tmp_path: Path) -> None:
 
 
 async def test_concurrent_submitters_lose_nothing(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "k.db")
+    store = store_at(tmp_path / "k.db")
     store.migrate()
     writer = EventWriter(store, batch_size=32)
     writer.start()
@@ -72,8 +74,9 @@ async def test_concurrent_submitters_lose_nothing(tmp_path: Path) -> None:
     assert store.count_events() == 2000
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own catalogue
 def test_a_failing_store_spills_instead_of_dropping(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "k.db")  # never migrated: no events table
+    store = store_at(tmp_path / "k.db")  # never migrated: no events table
     writer = EventWriter(store, retries=2)
     writer.start()
     writer.submit(event(1))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from keel.store import SQLiteStore
 from keel.store.reviews import (
     ReviewClosed,
     ReviewDuplicate,
@@ -17,6 +16,7 @@ from keel.store.reviews import (
     final_verdict,
 )
 from keel.types import OnFail, ReviewRequest, ValidationResult
+from tests.backends import store_at
 
 
 def request(trace_id: str, confidence: float | None = 0.3, ts: float = 1000.0,
@@ -29,7 +29,7 @@ def request(trace_id: str, confidence: float | None = 0.3, ts: float = 1000.0,
 
 
 def make(tmp_path: Path, *items: ReviewRequest) -> ReviewStore:
-    store = SQLiteStore(tmp_path / "keel.db")
+    store = store_at(tmp_path / "keel.db")
     store.migrate()
     conn = store.connect()
     store.write_reviews(conn, list(items))

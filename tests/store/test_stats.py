@@ -10,15 +10,16 @@ import random
 
 import pytest
 
-from keel.store import SQLiteStore, stats
+from keel.store import Store, stats
 from keel.store.rollups import EDGES, N_BINS
 from keel.types import Decision, Event
+from tests.backends import store_at
 from tests.store.fakes import T0, random_events, true_bin
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[SQLiteStore, list[Event]]:
-    store = SQLiteStore(tmp_path_factory.mktemp("stats") / "k.db")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, list[Event]]:
+    store = store_at(tmp_path_factory.mktemp("stats") / "k.db")
     store.migrate()
     events = random_events(4000, seed=11)
     conn = store.connect()
@@ -55,7 +56,7 @@ def raw_in(events: list[Event], since: float, until: float, feature: str | None 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_overview_equals_the_raw_events_in_any_range_and_bucket(
-        loaded: tuple[SQLiteStore, list[Event]], seed: int) -> None:
+        loaded: tuple[Store, list[Event]], seed: int) -> None:
     store, events = loaded
     rng = random.Random(seed)
     since = T0 - 2 * 86400 + rng.uniform(0, 2 * 86400)
@@ -100,7 +101,7 @@ def test_overview_equals_the_raw_events_in_any_range_and_bucket(
                                                            reverse=True)
 
 
-def test_versions_of_a_feature(loaded: tuple[SQLiteStore, list[Event]]) -> None:
+def test_versions_of_a_feature(loaded: tuple[Store, list[Event]]) -> None:
     store, events = loaded
     since, until = T0 - 2 * 86400, T0 + 86400
     body = stats.overview(store, since, until, "day", "g")
@@ -120,7 +121,7 @@ def test_versions_of_a_feature(loaded: tuple[SQLiteStore, list[Event]]) -> None:
     assert sum(r["calls"] for r in body["versions"]) == len(raw)
 
 
-def test_an_empty_range_has_zeros_and_no_percentiles(loaded: tuple[SQLiteStore, list[Event]]) -> None:
+def test_an_empty_range_has_zeros_and_no_percentiles(loaded: tuple[Store, list[Event]]) -> None:
     store, _ = loaded
     body = stats.overview(store, T0 + 30 * 86400, T0 + 30 * 86400 + 3600, "minute")
     assert body["totals"]["calls"] == 0 and body["features"] == []
@@ -129,7 +130,7 @@ def test_an_empty_range_has_zeros_and_no_percentiles(loaded: tuple[SQLiteStore, 
 
 
 @pytest.mark.parametrize("group", stats.GROUPS)
-def test_costs_per_group_equal_the_raw_sums(loaded: tuple[SQLiteStore, list[Event]],
+def test_costs_per_group_equal_the_raw_sums(loaded: tuple[Store, list[Event]],
                                             group: str) -> None:
     store, events = loaded
     since, until = T0 - 86400 + 5000, T0 + 86400  # since is rounded down to its day

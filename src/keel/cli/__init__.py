@@ -5,14 +5,19 @@ from __future__ import annotations
 import typer
 
 from keel.cli import (
+    audit,
     calibrate,
     call,
     check,
     data,
+    demo,
     drift,
     eval_runs,
     evaluate,
     events,
+    feedback,
+    keys,
+    prune,
     review,
     rollout,
     serve,
@@ -40,6 +45,11 @@ app.command("drift")(drift.drift)
 app.add_typer(versions.app, name="versions")
 app.add_typer(rollout.app, name="rollout")
 app.command("slo")(slo.slo)
+app.command("prune")(prune.prune)
+app.command("demo")(demo.demo)
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+app.add_typer(feedback.app, name="feedback")
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ when, why), which Keel applies over keel.yaml from its next start.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,16 +24,20 @@ from keel.cli.evaluate import read_rows, run_rows
 from keel.control.calibrate import TABLE, format_risk_coverage, risk_coverage, validator_quality
 from keel.control.calibrate import calibrate as choose
 from keel.gateway import Keel
-from keel.store import SQLiteStore
+from keel.settings import Settings
+from keel.store import open_store
+from keel.store.db import DB_ERRORS
 from keel.store.policy import record_policy_change
 
 
-def verdicts(db: Path, feature: str) -> tuple[list[float], list[bool], list[list[dict[str, Any]]]]:
+def verdicts(settings: Settings, feature: str) -> tuple[list[float], list[bool], list[list[dict[str, Any]]]]:
     """(confidence, approved as is, validator results) of the closed review items of the
     audit sample (an unbiased sample of calls), or of all closed items when there is none."""
-    if not db.exists():
+    db = settings.store_name
+    if not settings.has_store:
         fail(f"no store at {db}; pass --db, or --csv to calibrate on labelled data")
-    conn = sqlite3.connect(db)
+    store = open_store(settings)
+    conn = store.connect()
     try:
         done = ("SELECT confidence, final_verdict, validations FROM review_items WHERE feature = ?"
                 " AND status = 'done' AND confidence IS NOT NULL")
@@ -45,10 +48,11 @@ def verdicts(db: Path, feature: str) -> tuple[list[float], list[bool], list[list
             if rows:
                 console.print("[yellow]no audit sample (review.audit_rate): calibrating on the "
                               "items reviewed for doubt, which over-represent low confidence[/]")
-    except sqlite3.OperationalError as exc:
+    except DB_ERRORS as exc:
         fail(f"{db} has no review data ({exc}); start keel serve once to create it")
     finally:
         conn.close()
+        store.close()
     return ([r[0] for r in rows], [r[1] == "approve" for r in rows],
             [orjson.loads(r[2]) for r in rows])
 
@@ -96,7 +100,7 @@ def calibrate(
             conf, correct = from_csv(keel, feature, csv_path, text_column, label_column, limit)
         source = f"csv:{csv_path}"
     else:
-        conf, correct, validations = verdicts(settings.database, feature)
+        conf, correct, validations = verdicts(settings, feature)
         source = "review verdicts"
     if not conf:
         fail(f"no labelled items for '{feature}' from {source}: review some outputs first "
@@ -119,7 +123,7 @@ def calibrate(
     if apply:
         if result.threshold is None:
             fail("nothing to apply: no threshold meets alpha (raise alpha or gather more verdicts)")
-        store = SQLiteStore(settings.database)
+        store = open_store(settings)
         store.migrate()
         record_policy_change(
             store, feature, "accept_at", current, result.threshold,

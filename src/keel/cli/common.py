@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -19,7 +20,8 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="keel.yaml to load [env KEEL_CONFIG; default ./keel.yaml]")
 ]
 DatabaseOpt = Annotated[
-    Path | None, typer.Option("--db", help="SQLite file for events [env KEEL_DATABASE; default ./keel.db]")
+    str | None, typer.Option("--db", help="the store: a SQLite file, or a postgresql://... URL "
+                             "[env KEEL_DATABASE / KEEL_DATABASE_URL; default ./keel.db]")
 ]
 
 
@@ -28,11 +30,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_for(config: Path | None, database: Path | None, **overrides: object) -> Settings:
+def settings_for(config: Path | None, database: Path | str | None, **overrides: object) -> Settings:
     """Settings for a one-off command: its Keel never runs the control-plane loop (a
     short-lived command must not take the leader lease from a server)."""
     overrides.setdefault("control_interval_s", 0.0)
-    return Settings.from_env(None, config=config, database=database, **overrides)
+    if isinstance(database, str) and "://" in database:  # --db postgresql://...
+        return Settings.from_env(None, config=config, database_url=database, **overrides)
+    path = None if database is None else Path(database)
+    settings = Settings.from_env(None, config=config, database=path, **overrides)
+    if path is not None and settings.database_url is not None:
+        settings = replace(settings, database_url=None)  # --db names the store: it wins
+    return settings
 
 
 def load(settings: Settings) -> KeelSpec:

@@ -26,7 +26,7 @@ from keel.control.dataset_io import Progress as ProgressFn
 from keel.control.dataset_io import ReadOptions, detect_format, read_items, write_items
 from keel.control.datasets import DatasetStore, DatasetVersion, SplitPolicy
 from keel.errors import KeelError
-from keel.store import SQLiteStore
+from keel.store import open_store
 
 app = typer.Typer(name="data", no_args_is_help=True, add_completion=False,
                   help="Named, versioned datasets: list, show, import, commit, export, diff, "
@@ -54,11 +54,11 @@ def _errors() -> Iterator[None]:
         fail(exc.message)
 
 
-def _store(config: Path | None, database: Path | None, *, create: bool = False) -> DatasetStore:
+def _store(config: Path | None, database: str | None, *, create: bool = False) -> DatasetStore:
     settings = settings_for(config, database)
-    if not create and not settings.database.exists():
-        fail(f"no store at {settings.database}; pass --db, or `keel data import` to create one")
-    store = SQLiteStore(settings.database)
+    if not create and not settings.has_store:
+        fail(f"no store at {settings.store_name}; pass --db, or `keel data import` to create one")
+    store = open_store(settings)
     store.migrate()
     return DatasetStore(store)
 

@@ -31,7 +31,7 @@ from keel.control.drift import (
 )
 from keel.control.drift_tests import P_VALUE_METHODS
 from keel.errors import KeelError
-from keel.store.sqlite import SQLiteStore
+from keel.store import open_store
 
 _SHORT = {"ks": "p", "chi2": "p", "mmd": "p", "wasserstein": "W", "jensen_shannon": "JS",
           "classifier_auc": "AUC"}
@@ -140,13 +140,13 @@ def drift(
     """Compare a feature's traffic, window by window, with a reference; alert on two
     drifted windows in a row."""
     settings = settings_for(config, database)
-    if not settings.database.exists():
-        fail(f"no store at {settings.database}; start `keel serve` or pass --db")
+    if not settings.has_store:
+        fail(f"no store at {settings.store_name}; start `keel serve` or pass --db")
     spec = load(settings)
     fspec = spec.features.get(feature)
     if fspec is None:
         fail(f"no feature '{feature}' in {settings.config} (features: {', '.join(spec.features)})")
-    store = SQLiteStore(settings.database)
+    store = open_store(settings)
     store.migrate()
     try:
         report = drift_report(

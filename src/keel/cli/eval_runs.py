@@ -27,7 +27,7 @@ from keel.control.evaluation import Progress as OnProgress
 from keel.control.gates import GateResult, evaluate_gate, gate_dataset
 from keel.errors import KeelError
 from keel.gateway import Keel
-from keel.store import SQLiteStore
+from keel.store import open_store
 from keel.types import JSON
 
 # metrics shown in the table, in this order (scorer means are added after n)
@@ -109,7 +109,7 @@ async def _evaluate(keel: Keel, feature: str, *, dataset: str | None, version: s
 def dataset_eval(feature: str, *, dataset: str | None, version: str | None, split: str | None,
                  scorers: list[str] | None, concurrency: int, resume: str | None, gate: bool,
                  json_out: bool, actor: str, limit: int | None, config: Path | None,
-                 database: Path | None) -> None:
+                 database: str | None) -> None:
     """``keel eval FEATURE`` on a dataset version: see the module docstring."""
     if limit is not None:
         fail("--limit applies to --csv only (evaluate a split, or a smaller dataset version)")
@@ -203,9 +203,9 @@ def runs(
 ) -> None:
     """List a feature's stored eval runs, newest first (or show one with --run)."""
     settings = settings_for(config, database)
-    if not settings.database.exists():
-        fail(f"no store at {settings.database}; pass --db")
-    store = SQLiteStore(settings.database)
+    if not settings.has_store:
+        fail(f"no store at {settings.store_name}; pass --db")
+    store = open_store(settings)
     store.migrate()
     try:
         found = [get_run(store, run_id)] if run_id else list_runs(store, feature, version, limit)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from keel.cli.common import DatabaseOpt, console, fail, settings_for
-from keel.store import SQLiteStore
+from keel.store import open_store
 
 
 def events(
@@ -19,9 +19,9 @@ def events(
 ) -> None:
     """Show recent calls: time, feature, version, decision, confidence, latency, cost."""
     settings = settings_for(None, database)
-    if not settings.database.exists():
-        fail(f"no event store at {settings.database}; start `keel serve` or pass --db")
-    store = SQLiteStore(settings.database)
+    if not settings.has_store:
+        fail(f"no event store at {settings.store_name}; start `keel serve` or pass --db")
+    store = open_store(settings)
     rows = store.recent_events(limit=limit, feature=feature)
     table = Table(title=f"{len(rows)} most recent of {store.count_events(feature)} events",
                   title_justify="left")

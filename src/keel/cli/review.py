@@ -53,10 +53,10 @@ OrderOpt = Annotated[OrderChoice | None, typer.Option(
 ACTIONS = "[bold]a[/]pprove  [bold]e[/]dit  [bold]r[/]eject  [bold]s[/]kip  [bold]q[/]uit"
 
 
-def _open(config: Path | None, database: Path | None) -> ReviewQueue:
+def _open(config: Path | None, database: str | None) -> ReviewQueue:
     settings = settings_for(config, database)
-    if not settings.database.exists():
-        fail(f"no store at {settings.database}; start `keel serve` or pass --db")
+    if not settings.has_store:
+        fail(f"no store at {settings.store_name}; start `keel serve` or pass --db")
     spec = load(settings)
     try:
         keel = Keel(spec, settings)

@@ -22,7 +22,7 @@ from keel.control.live_metrics import VersionMetrics, live_metrics
 from keel.control.registry import cli_actor
 from keel.control.rollout import Rollout, RolloutController, controller_for
 from keel.errors import KeelError
-from keel.store.sqlite import SQLiteStore
+from keel.store import open_store
 
 app = typer.Typer(name="rollout", no_args_is_help=True, add_completion=False,
                   help="Canary rollouts: start one, watch it, pause, promote or roll back.")
@@ -31,12 +31,12 @@ FeatureArg = Annotated[str, typer.Argument(help="the feature")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why, as recorded")]
 
 
-def _open(config: Path | None, database: Path | None) -> RolloutController:
+def _open(config: Path | None, database: str | None) -> RolloutController:
     settings = settings_for(config, database)
-    if not settings.database.exists():
-        fail(f"no store at {settings.database}; start `keel serve` or pass --db")
+    if not settings.has_store:
+        fail(f"no store at {settings.store_name}; start `keel serve` or pass --db")
     spec = load(settings)
-    store = SQLiteStore(settings.database)
+    store = open_store(settings)
     store.migrate()
     return controller_for(store, spec)
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from keel.cli.common import ConfigOpt, DatabaseOpt, console, fail, load, settings_for
 from keel.control.slo import WINDOWS, SLOStatus, slo_status
 from keel.spec import KeelSpec
-from keel.store import SQLiteStore
+from keel.store import open_store
 
 
 def slo(
@@ -27,9 +27,9 @@ def slo(
     spec = load(settings)
     if feature is not None and feature not in spec.features:
         fail(f"no feature named '{feature}' (features: {', '.join(sorted(spec.features))})")
-    if not settings.database.exists():
-        fail(f"no event store at {settings.database}; start `keel serve` or pass --db")
-    store = SQLiteStore(settings.database)
+    if not settings.has_store:
+        fail(f"no event store at {settings.store_name}; start `keel serve` or pass --db")
+    store = open_store(settings)
     store.migrate()
     now = time.time()
     names = [feature] if feature is not None else sorted(spec.features)

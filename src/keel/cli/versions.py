@@ -23,7 +23,7 @@ from keel.control.registry import Registry, VersionRecord, bootstrap, cli_actor,
 from keel.errors import ConfigError, KeelError
 from keel.settings import Settings
 from keel.spec import KeelSpec, VersionSpec
-from keel.store import SQLiteStore
+from keel.store import open_store
 
 app = typer.Typer(help="Versions of a feature: list, model cards, register, aliases, train.",
                   no_args_is_help=True)
@@ -31,10 +31,10 @@ app = typer.Typer(help="Versions of a feature: list, model cards, register, alia
 FeatureArg = Annotated[str, typer.Argument(help="feature name")]
 
 
-def open_registry(config: Path | None, database: Path | None) -> tuple[Settings, KeelSpec, Registry]:
+def open_registry(config: Path | None, database: str | None) -> tuple[Settings, KeelSpec, Registry]:
     settings = settings_for(config, database)
     spec = load(settings)
-    store = SQLiteStore(settings.database)
+    store = open_store(settings)
     store.migrate()
     try:
         registry = bootstrap(store, spec)

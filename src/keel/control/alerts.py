@@ -21,7 +21,7 @@ import httpx
 
 from keel.spec import AlertsSpec, BudgetSpec
 from keel.stages.budget import Balance
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 
 log = logging.getLogger("keel.alerts")
 
@@ -45,7 +45,7 @@ class Alert:
 
 
 class AlertSink:
-    def __init__(self, store: SQLiteStore, spec: AlertsSpec) -> None:
+    def __init__(self, store: Store, spec: AlertsSpec) -> None:
         self.store = store
         self.spec = spec
         self._queue: asyncio.Queue[Alert] = asyncio.Queue()
@@ -117,7 +117,7 @@ class AlertSink:
             conn.close()
 
 
-def recent_alerts(store: SQLiteStore, limit: int = 100) -> list[dict[str, Any]]:
+def recent_alerts(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     conn = store.connect()
     try:
         rows = conn.execute("SELECT * FROM budget_alerts ORDER BY ts DESC LIMIT ?",

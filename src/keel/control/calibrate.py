@@ -59,7 +59,9 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import beta, binom  # type: ignore[import-untyped]
+
+# scipy.stats is imported where it is used: `keel serve` imports this module (through the
+# CLI), and scipy.stats alone is ~70 MB of resident memory per process (bench/memory.py)
 
 Method = Literal["ltt", "crc"]
 Floats = npt.NDArray[np.float64]
@@ -169,11 +171,15 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """The exact one-sided (1 - delta) upper confidence bound on an error rate."""
     if n == 0 or errors >= n:
         return 1.0
+    from scipy.stats import beta  # type: ignore[import-untyped]
+
     return float(beta.ppf(1 - delta, errors + 1, n - errors))
 
 
 def _passes(errors: Ints, accepted: Ints, alpha: float, delta: float) -> npt.NDArray[np.bool_]:
     # P(Binomial(m, alpha) <= k) <= delta  <=>  Clopper–Pearson upper bound <= alpha
+    from scipy.stats import binom  # type: ignore[import-untyped]
+
     p = binom.cdf(errors, np.maximum(accepted, 1), alpha)
     result: npt.NDArray[np.bool_] = (accepted > 0) & (p <= delta)
     return result
@@ -181,6 +187,8 @@ def _passes(errors: Ints, accepted: Ints, alpha: float, delta: float) -> npt.NDA
 
 def _fewest(errors: int, alpha: float, delta: float) -> int:
     """The fewest items among which ``errors`` errors still pass (bisection: P falls in m)."""
+    from scipy.stats import binom  # type: ignore[import-untyped]
+
     alpha, delta = _level(alpha, "alpha"), _level(delta, "delta")
     lo, hi = errors, max(errors + 1, math.ceil(math.log(delta) / math.log1p(-alpha)))
     while binom.cdf(errors, hi, alpha) > delta:  # lo fails (or is below errors + 1)

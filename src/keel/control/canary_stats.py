@@ -9,9 +9,11 @@
 - ``worse``: a rate metric (:data:`RATE_METRICS`) is significantly higher (one-sided
   two-proportion test, exact with few events, else the pooled z-test; p below
   ``alpha / (metrics × steps)``) *and* higher by
-  at least ``min_effect``; or the p95 latency ratio is above ``max_latency_ratio`` (and
-  above the latency SLO when one is set); or cost per call is above ``max_cost_ratio``
-  times the champion's.
+  at least ``min_effect``; or a business outcome of ``rollout.outcomes`` (share of calls
+  with it, :mod:`keel.control.feedback`) is significantly worse in its declared direction
+  by as much (the same test, sides swapped for ``higher``); or the p95 latency ratio is
+  above ``max_latency_ratio`` (and above the latency SLO when one is set); or cost per
+  call is above ``max_cost_ratio`` times the champion's.
 - ``pass``: enough data and nothing worse.
 """
 
@@ -168,8 +170,9 @@ def p95(samples: Sequence[float]) -> float | None:
 
 
 def rate_test_count(spec: RolloutSpec) -> int:
-    """Rate tests one rollout may run: every rate metric, once per step."""
-    return len(RATE_METRICS) * len(spec.steps)
+    """Rate tests one rollout may run: every rate metric and every judged outcome, once
+    per step."""
+    return (len(RATE_METRICS) + len(spec.outcomes)) * len(spec.steps)
 
 
 def _pct(x: float | None) -> str:
@@ -268,6 +271,8 @@ def judge(candidate: VersionMetrics, baseline: VersionMetrics, spec: RolloutSpec
                 f"+{100 * (c_rate - b_rate):.2f} points >= {100 * spec.min_effect:.2f})"
                 if worse else "")
         checks.append(Check(metric.name, c_rate, b_rate, worse, p, note))
+    checks.extend(_outcome(candidate, baseline, name, better, spec.min_effect, alpha)
+                  for name, better in spec.outcomes.items())
     checks.append(_latency(candidate, baseline, spec))
     checks.append(_cost(candidate, baseline, spec))
     bad = next((c for c in checks if c.worse), None)
@@ -279,6 +284,24 @@ def judge(candidate: VersionMetrics, baseline: VersionMetrics, spec: RolloutSpec
         for c in checks[:2] if c.candidate is not None)
     return Judgement("pass", f"no worse than the champion on {candidate.calls} vs "
                      f"{baseline.calls} calls ({summary})", None, tuple(checks), alpha)
+
+
+def _outcome(candidate: VersionMetrics, baseline: VersionMetrics, name: str,
+             better: Literal["higher", "lower"], min_effect: float, alpha: float) -> Check:
+    """A business outcome's rate (calls with it / calls): worse when it moved the wrong way
+    significantly and by at least ``min_effect``."""
+    cx, cn = candidate.outcomes.get(name, 0), candidate.calls
+    bx, bn = baseline.outcomes.get(name, 0), baseline.calls
+    c_rate, b_rate = cx / cn, bx / bn
+    if better == "higher":  # worse: the candidate's rate is lower
+        p, drop = two_proportion_p(bx, bn, cx, cn), b_rate - c_rate
+    else:
+        p, drop = two_proportion_p(cx, cn, bx, bn), c_rate - b_rate
+    worse = p < alpha and drop >= min_effect
+    note = (f"outcome {name} {_pct(c_rate)} vs {_pct(b_rate)} ({better} is better; "
+            f"p={p:.2g} < {alpha:.2g}, {100 * drop:.2f} points worse >= "
+            f"{100 * min_effect:.2f})" if worse else "")
+    return Check(f"outcome:{name}", c_rate, b_rate, worse, p, note)
 
 
 def _latency(candidate: VersionMetrics, baseline: VersionMetrics, spec: RolloutSpec) -> Check:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
+from keel.control import audit
 from keel.errors import DatasetNotFound, InvalidRequest
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Connection, Store
 from keel.types import JSON
 
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -61,7 +61,7 @@ class Example:
 
 
 class DatasetSink:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
 
@@ -73,7 +73,7 @@ class DatasetSink:
             return self.write(conn, example)
 
     @staticmethod
-    def write(conn: sqlite3.Connection, example: Example) -> bool:
+    def write(conn: Connection, example: Example) -> bool:
         """Write inside the caller's transaction (e.g. the one closing a review item)."""
         if not example.dataset or not example.example_id:
             raise ValueError("an example needs a dataset name and an example id")
@@ -84,7 +84,25 @@ class DatasetSink:
             (example.dataset, example.example_id, _dumps(example.input),
              None if example.expected is None else _dumps(example.expected),
              _dumps(example.metadata), _dumps(example.provenance), example.ts))
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
+
+    @staticmethod
+    def replace(conn: Connection, example: Example) -> None:
+        """Write or overwrite one draft example inside the caller's transaction: only for
+        weak labels whose sender may change their mind (end-user feedback,
+        :mod:`keel.control.feedback`). Review examples are written once (:meth:`write`);
+        versions already committed never change either way."""
+        if not example.dataset or not example.example_id:
+            raise ValueError("an example needs a dataset name and an example id")
+        conn.execute(
+            "INSERT INTO dataset_examples (dataset, example_id, input, expected, metadata,"
+            " provenance, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (dataset, example_id) DO UPDATE SET input = excluded.input,"
+            " expected = excluded.expected, metadata = excluded.metadata,"
+            " provenance = excluded.provenance, ts = excluded.ts",
+            (example.dataset, example.example_id, _dumps(example.input),
+             None if example.expected is None else _dumps(example.expected),
+             _dumps(example.metadata), _dumps(example.provenance), example.ts))
 
     def list(self, dataset: str, limit: int = 100, offset: int = 0) -> list[Example]:
         """Examples of one dataset, oldest first."""
@@ -107,7 +125,7 @@ class DatasetSink:
         return int(row[0])
 
 
-def _example(row: sqlite3.Row) -> Example:
+def _example(row: Any) -> Example:
     return Example(row["dataset"], row["example_id"], orjson.loads(row["input"]),
                    None if row["expected"] is None else orjson.loads(row["expected"]),
                    orjson.loads(row["metadata"]), orjson.loads(row["provenance"]), row["ts"])
@@ -275,8 +293,11 @@ class SplitPolicy:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``"name@3"`` -> ``("name", 3)``; ``"name"`` -> ``("name", None)`` (the latest)."""
     match = _REF.fullmatch(ref.strip())
-    number = None if match is None or match["number"] is None else int(match["number"])
-    if match is None or not DATASET_NAME.fullmatch(match["name"]) or number == 0:
+    digits = None if match is None else match["number"]
+    # a version number is a 64-bit integer in the store: a longer one is no reference
+    number = None if digits is None or len(digits.lstrip("0")) > 19 else int(digits)
+    if (match is None or not DATASET_NAME.fullmatch(match["name"]) or number == 0
+            or (digits is not None and (number is None or number >= 2**63))):
         raise InvalidRequest(f"bad dataset reference {ref!r}: expected NAME or NAME@N "
                              "(N = 1, 2, …), e.g. triage-reviews@3", param="dataset")
     return match["name"], number
@@ -285,7 +306,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 class DatasetStore:
     """Named datasets with numbered, immutable, content-addressed versions."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
 
@@ -306,18 +327,11 @@ class DatasetStore:
         if not actor:
             raise InvalidRequest("a commit needs an actor", param="actor")
         new = None if items is None else [_checked(item) for item in items]
-        with self.store.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")  # takes the write lock: numbers are not raced
-            try:
-                version = self._commit(conn, dataset, new, base, dedupe,
-                                       split_policy or SplitPolicy(), actor, note)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-        return version
+        with self.store.transaction("datasets") as conn:  # numbers are not raced
+            return self._commit(conn, dataset, new, base, dedupe, split_policy or SplitPolicy(),
+                                actor, note)
 
-    def _commit(self, conn: sqlite3.Connection, dataset: str, new: list[Item] | None,
+    def _commit(self, conn: Connection, dataset: str, new: list[Item] | None,
                 base: int | Literal["latest"] | None, dedupe: bool, policy: SplitPolicy,
                 actor: str, note: str | None) -> DatasetVersion:
         if isinstance(base, str):
@@ -451,11 +465,17 @@ class DatasetStore:
             raise InvalidRequest("pin needs a feature name", param="feature")
         self.version(dataset, number)
         with self.store.connection() as conn, conn:
+            self.store.lock(conn, "audit")
+            old = conn.execute("SELECT dataset, number FROM gate_pins WHERE feature = ?",
+                               (feature,)).fetchone()
             conn.execute(
                 "INSERT INTO gate_pins (feature, dataset, number, actor, ts) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (feature) DO UPDATE SET dataset = excluded.dataset,"
                 " number = excluded.number, actor = excluded.actor, ts = excluded.ts",
                 (feature, dataset, number, actor, time.time()))
+            audit.append(conn, actor, "gate.pin", f"{feature}/gate",
+                         {"from": None if old is None else f"{old[0]}@{old[1]}",
+                          "to": f"{dataset}@{number}"})
 
     def pinned(self, feature: str) -> tuple[str, int] | None:
         with self.store.connection() as conn:
@@ -492,9 +512,9 @@ class DatasetStore:
     # --- helpers ----------------------------------------------------------------------
 
     @staticmethod
-    def _row(conn: sqlite3.Connection, dataset: str, number: int | None) -> sqlite3.Row | None:
+    def _row(conn: Connection, dataset: str, number: int | None) -> Any | None:
         if number is None:
-            row: sqlite3.Row | None = conn.execute(
+            row: Any | None = conn.execute(
                 "SELECT * FROM dataset_versions WHERE dataset = ? ORDER BY number DESC LIMIT 1",
                 (dataset,)).fetchone()
         else:
@@ -503,20 +523,20 @@ class DatasetStore:
         return row
 
     @staticmethod
-    def _members(conn: sqlite3.Connection, dataset: str, number: int) -> dict[str, str]:
+    def _members(conn: Connection, dataset: str, number: int) -> dict[str, str]:
         return dict(conn.execute(
             "SELECT item_hash, split FROM dataset_members WHERE dataset = ? AND number = ?",
             (dataset, number)).fetchall())
 
     @staticmethod
-    def _input_keys(conn: sqlite3.Connection, dataset: str, number: int) -> set[str]:
+    def _input_keys(conn: Connection, dataset: str, number: int) -> set[str]:
         rows = conn.execute(
             "SELECT i.input FROM dataset_members m JOIN dataset_items i ON i.item_hash = m.item_hash"
             " WHERE m.dataset = ? AND m.number = ?", (dataset, number))
         return {input_key(orjson.loads(row[0])) for row in rows}
 
     @staticmethod
-    def _draft(conn: sqlite3.Connection, dataset: str) -> list[Item]:
+    def _draft(conn: Connection, dataset: str) -> list[Item]:
         """The draft examples as items, oldest first (so dedupe keeps the first verdict)."""
         rows = conn.execute("SELECT input, expected, metadata, provenance FROM dataset_examples"
                             " WHERE dataset = ? ORDER BY ts, example_id", (dataset,))
@@ -529,7 +549,7 @@ class DatasetStore:
         return out
 
     @staticmethod
-    def _names(conn: sqlite3.Connection, dataset: str | None = None) -> list[str]:
+    def _names(conn: Connection, dataset: str | None = None) -> list[str]:
         """Names of the datasets with a version or a draft (``dataset`` only, if given)."""
         sql = ("SELECT dataset FROM dataset_versions{w} UNION"
                " SELECT dataset FROM dataset_examples{w} ORDER BY 1")
@@ -537,7 +557,7 @@ class DatasetStore:
             return [r[0] for r in conn.execute(sql.format(w=""))]
         return [r[0] for r in conn.execute(sql.format(w=" WHERE dataset = ?"), (dataset, dataset))]
 
-    def _not_found(self, conn: sqlite3.Connection, dataset: str,
+    def _not_found(self, conn: Connection, dataset: str,
                    number: int | None) -> DatasetNotFound:
         numbers = [r[0] for r in conn.execute(
             "SELECT number FROM dataset_versions WHERE dataset = ? ORDER BY number", (dataset,))]
@@ -571,7 +591,7 @@ def _checked(item: Item) -> Item:
     return item
 
 
-def _version(row: sqlite3.Row) -> DatasetVersion:
+def _version(row: Any) -> DatasetVersion:
     return DatasetVersion(row["dataset"], row["number"], row["digest"], row["items"],
                           orjson.loads(row["splits"]), row["parent"], row["note"],
                           row["created_by"], row["created_at"])

@@ -62,7 +62,7 @@ from keel.control.drift_tests import (
 from keel.control.evaluation import EvalRun, list_runs, results
 from keel.control.registry import Registry
 from keel.errors import InvalidRequest
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 
 __all__ = ["MAX_WINDOWS", "DriftReport", "Reference", "ReferenceInfo", "TestResult",
            "WindowResult", "compare", "drift_report", "fmt_time", "parse_duration", "parse_time"]
@@ -95,9 +95,14 @@ def parse_time(text: str, param: str = "since", now: float | None = None) -> flo
     if value.lower() == "now":
         return now
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # nan, inf: no point in time
+            raise InvalidRequest(f"bad {param} {text!r}: a finite number of epoch seconds",
+                                 param=param)
+        return seconds
     if _DURATION.fullmatch(value.lower()) and value[-1:].lower() in _UNITS:
         return now - parse_duration(value, param)
     try:
@@ -172,7 +177,7 @@ class _Grid:
         return self.since + i * self.width, min(self.since + (i + 1) * self.width, self.until)
 
 
-def _grid(store: SQLiteStore, feature: str, window: float | None, windows: int | None,
+def _grid(store: Store, feature: str, window: float | None, windows: int | None,
           since: float | None, until: float | None) -> _Grid | None:
     if window is not None and windows is not None:
         raise InvalidRequest("give a window size or a number of windows, not both", param="windows")
@@ -215,11 +220,11 @@ class _Reference:
     unavailable: dict[str, str] = field(default_factory=dict)  # column -> why
 
 
-def _champion(store: SQLiteStore, feature: str, fallback: str | None) -> str | None:
+def _champion(store: Store, feature: str, fallback: str | None) -> str | None:
     return Registry(store).aliases(feature).get("champion") or fallback
 
 
-def _dataset_reference(store: SQLiteStore, feature: str, ref: Reference, champion: str | None,
+def _dataset_reference(store: Store, feature: str, ref: Reference, champion: str | None,
                        columns: Sequence[Column], text_field: str | None) -> _Reference:
     datasets = DatasetStore(store)
     run: EvalRun | None = None
@@ -269,7 +274,7 @@ def _dataset_reference(store: SQLiteStore, feature: str, ref: Reference, champio
     return _Reference(info, items_frame(rows, columns), item_texts(rows, text_field), unavailable)
 
 
-def _infer_kinds(store: SQLiteStore, feature: str, names: Sequence[str] | None, lo: float,
+def _infer_kinds(store: Store, feature: str, names: Sequence[str] | None, lo: float,
                  hi: float) -> dict[str, Kind]:
     """The kinds of ``input.``/``output.`` columns named without one, from a sample of events."""
     kinds: dict[str, Kind] = {}
@@ -306,7 +311,7 @@ def compare(columns: Sequence[Column], reference: Frame, data: Frame, groups: In
 
 
 def drift_report(
-    store: SQLiteStore,
+    store: Store,
     feature: str,
     *,
     window: float | None = None,
@@ -423,7 +428,7 @@ _EMBEDDING_COLUMN: Final = Column(EMBEDDING, "embedding", "input",
                                   description="the input texts' embeddings (local MiniLM)")
 
 
-def _embedding(store: SQLiteStore, feature: str, grid: _Grid, groups: IntArray, ref: Reference,
+def _embedding(store: Store, feature: str, grid: _Grid, groups: IntArray, ref: Reference,
                reference_data: _Reference, text_field: str | None, th: Thresholds,
                embed: Embed | None, seed: int) -> ColumnTests | str:
     """The embedding test, or why it could not run."""

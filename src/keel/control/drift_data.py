@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
+import orjson
 
 from keel.control.drift_tests import Array, FloatArray, IntArray
 from keel.errors import InvalidRequest
@@ -29,10 +30,10 @@ ItemValue = Callable[[Any, Any, "str | None", "float | None"], Any]
 _FIELD = re.compile(r"(input|output)\.([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?::(numeric|num|categorical|cat))?")
 _LANG_MSG: Final = "'\"message\":\"language '''"  # SQL literal: "message":"language '
 _LANGUAGE_SQL: Final = (
-    "CASE WHEN instr(checks, '\"check\":\"language\",\"passed\":true') THEN 'allowed'"
-    f" WHEN instr(checks, {_LANG_MSG}) THEN substr(checks, instr(checks, {_LANG_MSG}) + 21,"
+    "CASE WHEN instr(checks, '\"check\":\"language\",\"passed\":true') > 0 THEN 'allowed'"
+    f" WHEN instr(checks, {_LANG_MSG}) > 0 THEN substr(checks, instr(checks, {_LANG_MSG}) + 21,"
     f" instr(substr(checks, instr(checks, {_LANG_MSG}) + 21, 16), '''') - 1)"
-    " WHEN instr(checks, '\"check\":\"language\",\"passed\":false') THEN 'error' END")
+    " WHEN instr(checks, '\"check\":\"language\",\"passed\":false') > 0 THEN 'error' END")
 # one scan: the character after "passed": is t or f; no pii check: NULL (substr of NULL)
 _PII_SQL: Final = ("substr(checks, nullif(instr(checks, '\"check\":\"pii\",\"passed\":'), 0)"
                    " + 23, 1) = 'f'")
@@ -65,9 +66,32 @@ class Column:
             return (f"length({extract})" if self.length else extract), (self.path,)
         return self.sql, self.params
 
+    def expr_on(self, dialect: str) -> tuple[str, tuple[str, ...]]:
+        """:attr:`expr` for the store's engine. PostgreSQL reads a JSON field with an
+        SQL/JSON path (``[#-1]``, SQLite's last element, is ``[last]`` there), finds
+        text with ``strpos`` and reads a comparison as 0/1."""
+        if dialect != "postgresql":
+            return self.expr
+        if self.doc is not None and self.path is not None:
+            extract = f"jsonb_path_query_first({self.doc}::jsonb, CAST(? AS jsonpath))"
+            path = self.path.replace("[#-1]", "[last]")
+            return (f"length({extract} #>> '{{}}')" if self.length else extract), (path,)
+        sql = self.sql.replace("instr(", "strpos(")
+        if self.kind == "binary":
+            sql = f"CAST(({sql}) AS INTEGER)"
+        return sql, self.params
+
     def to_json(self) -> dict[str, JSON]:
         return {"name": self.name, "kind": self.kind, "group": self.group,
                 "description": self.description}
+
+
+def plain(value: Any) -> Any:
+    """A JSON field's value as SQLite's json_extract gives it: arrays and objects as
+    their JSON text (PostgreSQL's jsonb arrives as Python lists and dicts)."""
+    if isinstance(value, list | dict):
+        return orjson.dumps(value).decode()
+    return value
 
 
 def json_path(field_name: str) -> str:

@@ -13,7 +13,8 @@ run in threads), and Python decodes whole columns, never rows:
   are one digit per row, categorical values are factorised once per distinct value.
 
 A slice whose text does not parse (a label holding the separator, text in a numeric
-field) is read again row by row.
+field) is read again row by row. PostgreSQL is read row by row, with each column's
+expression for that engine (:meth:`Column.expr_on`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import gc
 import itertools
 import math
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +36,12 @@ from keel.control.drift_data import (
     BINARY,
     Column,
     Frame,
+    plain,
     set_values,
     text_path,
 )
 from keel.control.drift_tests import FloatArray, IntArray
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Connection, Store
 
 _SEP: Final = "\x1f"  # unit separator between categorical values
 _NULL: Final = "\x15"  # stands for SQL NULL in a categorical column
@@ -166,7 +167,7 @@ def _slice_query(parts: Sequence[_Part]) -> tuple[str, list[str]]:
     return sql, params
 
 
-def _read_slice(store: SQLiteStore, feature: str, columns: Sequence[Column], lo: float,
+def _read_slice(store: Store, feature: str, columns: Sequence[Column], lo: float,
                 hi: float, base: float) -> Frame:
     parts = _layout(columns)
     sql, params = _slice_query(parts)
@@ -238,9 +239,9 @@ def _lengths(values: Sequence[Any]) -> FloatArray:
     return np.array([len(v) if type(v) is str else None for v in values], dtype=np.float64)
 
 
-def _read_rows(conn: sqlite3.Connection, feature: str, columns: Sequence[Column], lo: float,
-               hi: float, base: float) -> Frame:
-    exprs = [c.expr for c in columns]
+def _read_rows(conn: Connection, feature: str, columns: Sequence[Column], lo: float,
+               hi: float, base: float, dialect: str = "sqlite") -> Frame:
+    exprs = [c.expr_on(dialect) for c in columns]
     select = ", ".join(["ts - ?", *(sql for sql, _ in exprs)])
     params = [p for _, args in exprs for p in args]
     rows = conn.execute(f"SELECT {select} FROM events WHERE feature = ? AND ts >= ? AND ts < ?",
@@ -248,7 +249,7 @@ def _read_rows(conn: sqlite3.Connection, feature: str, columns: Sequence[Column]
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in range(len(columns) + 1)]
     frame = Frame(np.asarray(cols[0], dtype=np.float64))
     for c, values in zip(columns, cols[1:], strict=True):
-        set_values(frame, c, values)
+        set_values(frame, c, values if dialect == "sqlite" else [plain(v) for v in values])
     return frame
 
 
@@ -279,12 +280,15 @@ def empty_frame(columns: Sequence[Column]) -> Frame:
     return frame
 
 
-def read_events(store: SQLiteStore, feature: str, columns: Sequence[Column], start: float,
+def read_events(store: Store, feature: str, columns: Sequence[Column], start: float,
                 end: float, *, threads: int = 2) -> Frame:
     """Every column of ``feature``'s events with ``start <= ts < end``; ``t`` is
     ``ts - start``. Equal time slices are read by ``threads`` threads at once."""
     if end <= start:
         return empty_frame(columns)
+    if store.dialect != "sqlite":  # the fast path is SQLite's (group_concat, json_extract)
+        with store.connection() as conn:
+            return _read_rows(conn, feature, columns, start, end, start, store.dialect)
     conn = store.connect()
     try:
         n = conn.execute("SELECT count(*) FROM events WHERE feature = ? AND ts >= ? AND ts < ?",
@@ -303,10 +307,10 @@ def read_events(store: SQLiteStore, feature: str, columns: Sequence[Column], sta
     return concat(frames, columns)
 
 
-def sample_field(store: SQLiteStore, feature: str, column: Column, start: float, end: float,
+def sample_field(store: Store, feature: str, column: Column, start: float, end: float,
                  limit: int = 500) -> list[Any]:
     """Up to ``limit`` values of one column (the newest first): to infer its kind."""
-    sql, params = column.expr
+    sql, params = column.expr_on(store.dialect)
     conn = store.connect()
     try:
         rows = conn.execute(
@@ -314,17 +318,16 @@ def sample_field(store: SQLiteStore, feature: str, column: Column, start: float,
             " ORDER BY ts DESC LIMIT ?", (*params, feature, start, end, limit)).fetchall()
     finally:
         conn.close()
-    return [r[0] for r in rows]
+    return [plain(r[0]) for r in rows]
 
 
-def read_texts(store: SQLiteStore, feature: str, text_field: str | None, start: float,
+def read_texts(store: Store, feature: str, text_field: str | None, start: float,
                end: float) -> list[str]:
     """The input texts of ``feature``'s events in ``[start, end)``, oldest first."""
-    conn = store.connect()
-    try:
+    text = Column("text", "categorical", "input", doc="input", path=text_path(text_field))
+    sql, params = text.expr_on(store.dialect)
+    with store.connection() as conn:
         rows = conn.execute(
-            "SELECT json_extract(input, ?) FROM events WHERE feature = ? AND ts >= ? AND ts < ?"
-            " ORDER BY ts, rowid", (text_path(text_field), feature, start, end)).fetchall()
-    finally:
-        conn.close()
+            f"SELECT {sql} FROM events WHERE feature = ? AND ts >= ? AND ts < ?"
+            " ORDER BY ts, trace_id", (*params, feature, start, end)).fetchall()
     return [r[0] for r in rows if isinstance(r[0], str) and r[0]]

@@ -33,7 +33,10 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import chi2, kstwo  # type: ignore[import-untyped]
+
+# scipy.stats is imported by the two functions that need it, not here: this module is
+# imported by every `keel serve` process (the drift API), and scipy.stats alone is ~70 MB
+# of resident memory per process (bench/memory.py) that only a drift report uses
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -114,6 +117,8 @@ def ks_statistic(ref_sorted: FloatArray, sample: FloatArray) -> float:
 
 def ks_pvalue(d: Array | float, n_ref: Array | int, n_sample: Array | int) -> FloatArray:
     """Two-sided p-value of KS statistic ``d`` (scipy's ``method="asymp"``)."""
+    from scipy.stats import kstwo  # type: ignore[import-untyped]
+
     n1 = np.asarray(n_ref, dtype=np.float64)
     n2 = np.asarray(n_sample, dtype=np.float64)
     en = np.round(n1 * n2 / (n1 + n2))
@@ -228,6 +233,8 @@ def chi2_homogeneity(ref_counts: Array, counts: Array) -> tuple[FloatArray, Floa
     ``counts`` [W, K]: (statistic, p-value, degrees of freedom) per row. Categories with
     an expected count below 5 in either row are pooled into one; with no pooling this is
     :func:`scipy.stats.chi2_contingency` with ``correction=False``."""
+    from scipy.stats import chi2  # type: ignore[import-untyped]
+
     ref = np.asarray(ref_counts, dtype=np.float64)[None, :]
     win = np.asarray(counts, dtype=np.float64)
     n_ref, n_win = ref.sum(), win.sum(axis=1, keepdims=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from keel.control.scorers import (
 )
 from keel.errors import ControlConflict, DatasetNotFound, EvalRunNotFound, VersionNotFound
 from keel.gateway import local_embedder
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON, Decision
 
 if TYPE_CHECKING:
@@ -117,7 +116,7 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _run(row: sqlite3.Row) -> EvalRun:
+def _run(row: Any) -> EvalRun:
     return EvalRun(
         id=row["id"], feature=row["feature"], version=row["version"], dataset=row["dataset"],
         dataset_number=row["dataset_number"], dataset_digest=row["dataset_digest"],
@@ -128,7 +127,7 @@ def _run(row: sqlite3.Row) -> EvalRun:
         finished_at=row["finished_at"])
 
 
-def get_run(store: SQLiteStore, run_id: str) -> EvalRun:
+def get_run(store: Store, run_id: str) -> EvalRun:
     with store.connection() as conn:
         row = conn.execute("SELECT * FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
@@ -137,7 +136,7 @@ def get_run(store: SQLiteStore, run_id: str) -> EvalRun:
     return _run(row)
 
 
-def list_runs(store: SQLiteStore, feature: str, version: str | None = None,
+def list_runs(store: Store, feature: str, version: str | None = None,
               limit: int = 100) -> list[EvalRun]:
     """A feature's runs (of one version), newest first."""
     sql, args = "SELECT * FROM eval_runs WHERE feature = ?", [feature]
@@ -149,13 +148,13 @@ def list_runs(store: SQLiteStore, feature: str, version: str | None = None,
     return [_run(r) for r in rows]
 
 
-def latest_run(store: SQLiteStore, feature: str, version: str, dataset: str, number: int,
+def latest_run(store: Store, feature: str, version: str, dataset: str, number: int,
                split: str | None, *, status: str | None = "done") -> EvalRun | None:
     """The newest run of this version on this dataset version and split (``done`` ones
     only unless ``status`` says otherwise; None: any status)."""
     sql = ("SELECT * FROM eval_runs WHERE feature = ? AND version = ? AND dataset = ?"
-           " AND dataset_number = ? AND split IS ?")
-    args: list[Any] = [feature, version, dataset, number, split]
+           " AND dataset_number = ? AND " + ("split IS NULL" if split is None else "split = ?"))
+    args: list[Any] = [feature, version, dataset, number, *([] if split is None else [split])]
     if status is not None:
         sql += " AND status = ?"
         args.append(status)
@@ -164,7 +163,7 @@ def latest_run(store: SQLiteStore, feature: str, version: str, dataset: str, num
     return None if row is None else _run(row)
 
 
-def results(store: SQLiteStore, run_id: str) -> list[EvalResult]:
+def results(store: Store, run_id: str) -> list[EvalResult]:
     with store.connection() as conn:
         rows = conn.execute("SELECT * FROM eval_results WHERE run_id = ? ORDER BY item_hash",
                             (run_id,)).fetchall()
@@ -192,7 +191,7 @@ def per_item(result: EvalResult, metric: str) -> float | None:
     return result.scores.get(metric)
 
 
-def paired_scores(store: SQLiteStore, run_a: str, run_b: str,
+def paired_scores(store: Store, run_a: str, run_b: str,
                   metric: str) -> tuple[list[float], list[float]]:
     """Per-item values of ``metric`` in two runs, aligned on item_hash; items without a
     value in either run are left out. Raises ValueError when neither run measures it."""
@@ -204,7 +203,7 @@ def paired_scores(store: SQLiteStore, run_a: str, run_b: str,
     return [float(a[h]) for h in both], [float(b[h]) for h in both]  # type: ignore[arg-type]
 
 
-def _create(store: SQLiteStore, run: EvalRun) -> None:
+def _create(store: Store, run: EvalRun) -> None:
     with store.connection() as conn, conn:
         conn.execute(
             "INSERT INTO eval_runs (id, feature, version, dataset, dataset_number, dataset_digest,"
@@ -215,29 +214,29 @@ def _create(store: SQLiteStore, run: EvalRun) -> None:
              run.actor, run.started_at))
 
 
-def _set_status(store: SQLiteStore, run_id: str, status: str) -> None:
+def _set_status(store: Store, run_id: str, status: str) -> None:
     with store.connection() as conn, conn:
         conn.execute("UPDATE eval_runs SET status = ? WHERE id = ?", (status, run_id))
 
 
-def _write(store: SQLiteStore, run_id: str, batch: Sequence[EvalResult]) -> None:
+def _write(store: Store, run_id: str, batch: Sequence[EvalResult]) -> None:
     """One transaction: the results (a result already there is kept) and ``done``."""
     rows = [(run_id, r.item_hash, _dumps({"output": r.output, "decision": r.decision,
                                           "confidence": r.confidence}),
              _dumps(r.scores), r.latency_ms, r.cost_usd, r.error) for r in batch]
     with store.connection() as conn, conn:
-        conn.executemany("INSERT OR IGNORE INTO eval_results VALUES (?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO eval_results VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
         conn.execute("UPDATE eval_runs SET done = (SELECT COUNT(*) FROM eval_results"
                      " WHERE run_id = ?) WHERE id = ?", (run_id, run_id))
 
 
-def _finish(store: SQLiteStore, run_id: str, metrics: dict[str, JSON]) -> None:
+def _finish(store: Store, run_id: str, metrics: dict[str, JSON]) -> None:
     with store.connection() as conn, conn:
         conn.execute("UPDATE eval_runs SET status = 'done', metrics = ?, finished_at = ?"
                      " WHERE id = ?", (_dumps(metrics), time.time(), run_id))
 
 
-def _done_hashes(store: SQLiteStore, run_id: str) -> set[str]:
+def _done_hashes(store: Store, run_id: str) -> set[str]:
     with store.connection() as conn:
         return {r[0] for r in conn.execute(
             "SELECT item_hash FROM eval_results WHERE run_id = ?", (run_id,))}

@@ -33,7 +33,7 @@ from keel.control.datasets import DatasetStore, DatasetVersion, parse_ref
 from keel.control.evaluation import EvalRun, get_run, paired_scores
 from keel.errors import ControlConflict, DatasetNotFound, GateRequired
 from keel.spec import GateSpec, NonInferioritySpec
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON
 
 __all__ = ["GateCheck", "GateResult", "bootstrap_lower_bound", "evaluate_gate", "gate_dataset",
@@ -113,7 +113,7 @@ def _bounds(spec: GateSpec, metrics: dict[str, JSON] | None) -> list[GateCheck]:
     return checks
 
 
-def _non_inferiority(store: SQLiteStore, spec: NonInferioritySpec, candidate: EvalRun,
+def _non_inferiority(store: Store, spec: NonInferioritySpec, candidate: EvalRun,
                      champion: EvalRun) -> GateCheck:
     name = f"non-inferiority {spec.metric}"
     try:
@@ -160,7 +160,7 @@ def _ratio(name: str, metric: str, limit: float, candidate: EvalRun, champion: E
                      f"{'<=' if within else '>'} x{limit:g}{note}")
 
 
-def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | str,
+def evaluate_gate(store: Store, spec: GateSpec, candidate_run: EvalRun | str,
                   champion_run: EvalRun | str | None) -> GateResult:
     """Apply ``spec`` and store the result on the candidate's run. The runs must be done
     and, for the comparisons, on the same dataset version and split."""
@@ -205,7 +205,7 @@ def evaluate_gate(store: SQLiteStore, spec: GateSpec, candidate_run: EvalRun | s
     return result
 
 
-def passing_run(store: SQLiteStore, feature: str, version: str, dataset: str,
+def passing_run(store: Store, feature: str, version: str, dataset: str,
                 number: int) -> str | None:
     """The id of the latest done run of ``version`` on ``dataset@number`` whose gate passed."""
     with store.connection() as conn:

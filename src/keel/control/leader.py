@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 
 
 class Lease:
-    def __init__(self, store: SQLiteStore, name: str, holder: str, ttl_s: float,
+    def __init__(self, store: Store, name: str, holder: str, ttl_s: float,
                  clock: Callable[[], float] = time.time) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -48,7 +48,7 @@ class Lease:
         finally:
             conn.close()
         self._until = until if won else 0.0
-        return won
+        return bool(won)
 
     def renew(self) -> bool:
         """Extend our hold; False when another process has the lease now."""

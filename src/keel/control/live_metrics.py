@@ -11,15 +11,18 @@ those calls. Counted per version:
 - verdicts and overrides: the version's closed review items created in the window, and
   those whose final verdict is ``edit`` or ``reject`` (a human overrode the output);
 - latencies: the latest :data:`LATENCY_SAMPLE` calls' ``latency_ms``;
-- cost: the sum over calls whose cost is known, and how many those are.
+- cost: the sum over calls whose cost is known, and how many those are;
+- outcomes: per business outcome name (``POST /api/feedback``, kind ``outcome``), the
+  calls in the window that had it (value absent or non-zero), by the call's time: an
+  outcome reported later counts for the window its call was in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keel.control.canary_stats import p95
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON
 
 LATENCY_SAMPLE = 5000  # the latest calls' latencies that p95 is computed from
@@ -40,6 +43,7 @@ class VersionMetrics:
     latencies: tuple[float, ...] = ()
     cost_sum: float = 0.0
     cost_known: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
     def latency_p95_ms(self) -> float | None:
@@ -60,17 +64,20 @@ class VersionMetrics:
             "latency_p95_ms": None if p is None else round(p, 3),
             "latency_samples": len(self.latencies),
             "cost_per_call_usd": cost, "cost_known": self.cost_known,
+            "outcomes": dict(self.outcomes),
         }
 
 
-def live_metrics(store: SQLiteStore, feature: str, version: str, since: float,
+def live_metrics(store: Store, feature: str, version: str, since: float,
                  until: float | None = None) -> VersionMetrics:
     """``version``'s calls of ``feature`` with ``since <= ts < until`` (until: now).
 
-    Two queries, both on the index ``events_feature_routed_ts``: the counts (with the
-    review items as subqueries), and the latest latencies.
+    Three queries: on the index ``events_feature_routed_ts`` the counts (with the review
+    items as subqueries) and the latest latencies; on ``feedback_feature_routed_ts`` the
+    outcomes.
     """
     window = "ts >= ?" + ("" if until is None else " AND ts < ?")
+    called = "call_ts >= ?" + ("" if until is None else " AND call_ts < ?")
     bounds: tuple[float, ...] = (since,) if until is None else (since, until)
     counts_sql = (
         "SELECT COUNT(*) AS calls,"
@@ -93,10 +100,16 @@ def live_metrics(store: SQLiteStore, feature: str, version: str, since: float,
         latencies = conn.execute(
             f"SELECT latency_ms FROM events WHERE feature = ? AND routed = ? AND {window}"
             " ORDER BY ts DESC LIMIT ?", (feature, version, *bounds, LATENCY_SAMPLE)).fetchall()
+        outcomes = conn.execute(
+            "SELECT name, COUNT(DISTINCT trace_id) FROM feedback WHERE feature = ?"
+            f" AND routed = ? AND kind = 'outcome' AND {called}"
+            " AND (value IS NULL OR value <> 0) GROUP BY name",
+            (feature, version, *bounds)).fetchall()
     finally:
         conn.close()
     return VersionMetrics(
         version=version, calls=int(row[0]), errors=int(row[1]), validation_failures=int(row[2]),
         reviews=int(row[3]), refusals=int(row[4]), cost_sum=float(row[5]),
         cost_known=int(row[6]), verdicts=int(row[7]), overrides=int(row[8]),
-        latencies=tuple(float(r[0]) for r in latencies))
+        latencies=tuple(float(r[0]) for r in latencies),
+        outcomes={str(r[0]): int(r[1]) for r in outcomes})

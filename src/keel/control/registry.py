@@ -21,7 +21,6 @@ import builtins
 import getpass
 import hashlib
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from keel.control import audit
 from keel.errors import (
     ConfigError,
     DatasetNotFound,
@@ -38,7 +38,7 @@ from keel.errors import (
     VersionNotFound,
 )
 from keel.spec import FeatureSpec, KeelSpec, VersionSpec
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -161,7 +161,7 @@ def model_card(feature: str, fspec: FeatureSpec | None, name: str, spec: Version
 
 
 class Registry:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
 
@@ -185,6 +185,7 @@ class Registry:
         card = model_card(feature, fspec, name, spec, dataset, dataset_digest, card_extra)
         now = time.time()
         with self.store.connection() as conn, conn:
+            self.store.lock(conn, "audit")
             row = conn.execute("SELECT * FROM versions WHERE feature = ? AND name = ?",
                                (feature, name)).fetchone()
             if row is not None:
@@ -204,6 +205,8 @@ class Registry:
                 (feature, name, number, spec.provider, spec.model, _dumps(spec.model_dump(mode="json")),
                  digest, artifact, artifact_sha, dataset, dataset_digest, _dumps(card), source,
                  actor, now))
+            audit.append(conn, actor, "version.register", f"{feature}/{name}",
+                         {"number": number, "spec_hash": digest, "source": source})
         return self.get(feature, name)
 
     def get(self, feature: str, name: str) -> VersionRecord:
@@ -255,6 +258,7 @@ class Registry:
         """Write keel.yaml's aliases for a feature the store has none for; False if it has."""
         now = time.time()
         with self.store.connection() as conn, conn:
+            self.store.lock(conn, "audit")
             if conn.execute("SELECT 1 FROM aliases WHERE feature = ? LIMIT 1",
                             (feature,)).fetchone():
                 return False
@@ -265,6 +269,7 @@ class Registry:
                     "INSERT INTO alias_moves (feature, alias, old_version, new_version, actor,"
                     " forced, reason, eval_run, ts) VALUES (?,?,?,?,?,?,?,?,?)",
                     (feature, alias, None, version, actor, 0, "seeded from keel.yaml", None, now))
+                audit.append(conn, actor, "alias.seed", f"{feature}/{alias}", {"to": version})
         return True
 
     def move_alias(self, feature: str, alias: str, version: str, *, actor: str,
@@ -284,6 +289,7 @@ class Registry:
             self._check_run(feature, version, gate_run)
         now = time.time()
         with self.store.connection() as conn, conn:
+            self.store.lock(conn, "audit")
             row = conn.execute("SELECT version FROM aliases WHERE feature = ? AND alias = ?",
                                (feature, alias)).fetchone()
             old = row["version"] if row else None
@@ -291,11 +297,13 @@ class Registry:
                 "INSERT INTO aliases VALUES (?,?,?,?,?) ON CONFLICT (feature, alias)"
                 " DO UPDATE SET version = excluded.version, actor = excluded.actor, ts = excluded.ts",
                 (feature, alias, version, actor, now))
-            cursor = conn.execute(
+            move_id = conn.execute(
                 "INSERT INTO alias_moves (feature, alias, old_version, new_version, actor, forced,"
-                " reason, eval_run, ts) VALUES (?,?,?,?,?,?,?,?,?)",
-                (feature, alias, old, version, actor, int(force), reason, gate_run, now))
-            move_id = cursor.lastrowid
+                " reason, eval_run, ts) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
+                (feature, alias, old, version, actor, int(force), reason, gate_run, now)).fetchone()[0]
+            audit.append(conn, actor, "alias.move", f"{feature}/{alias}",
+                         {"from": old, "to": version, "forced": force, "reason": reason,
+                          "eval_run": gate_run})
         return AliasMove(int(move_id or 0), feature, alias, old, version, actor, force, reason,
                          gate_run, now)
 
@@ -306,16 +314,19 @@ class Registry:
             raise InvalidRequest("the champion alias cannot be removed, only moved", param="alias")
         now = time.time()
         with self.store.connection() as conn, conn:
+            self.store.lock(conn, "audit")
             row = conn.execute("SELECT version FROM aliases WHERE feature = ? AND alias = ?",
                                (feature, alias)).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM aliases WHERE feature = ? AND alias = ?", (feature, alias))
-            cursor = conn.execute(
+            move_id = conn.execute(
                 "INSERT INTO alias_moves (feature, alias, old_version, new_version, actor, forced,"
-                " reason, eval_run, ts) VALUES (?,?,?,?,?,?,?,?,?)",
-                (feature, alias, row["version"], None, actor, 0, reason, None, now))
-        return AliasMove(int(cursor.lastrowid or 0), feature, alias, row["version"], None, actor,
+                " reason, eval_run, ts) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
+                (feature, alias, row["version"], None, actor, 0, reason, None, now)).fetchone()[0]
+            audit.append(conn, actor, "alias.remove", f"{feature}/{alias}",
+                         {"from": row["version"], "reason": reason})
+        return AliasMove(int(move_id), feature, alias, row["version"], None, actor,
                          False, reason, None, now)
 
     def history(self, feature: str, limit: int = 100) -> builtins.list[AliasMove]:
@@ -346,7 +357,7 @@ class Registry:
             raise GateRequired(f"eval run '{run_id}' of '{version}' did not pass its gate")
 
 
-def _record(row: sqlite3.Row) -> VersionRecord:
+def _record(row: Any) -> VersionRecord:
     return VersionRecord(
         row["feature"], row["name"], row["number"], row["provider"], row["model"],
         orjson.loads(row["spec"]), row["spec_hash"], row["artifact_path"], row["artifact_sha256"],
@@ -358,7 +369,7 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
-def gate_run_for(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: str) -> str | None:
+def gate_run_for(store: Store, feature: str, fspec: FeatureSpec, version: str) -> str | None:
     """The passing eval run that lets ``version`` be champion, if there is one. Raises
     GateRequired when the feature has no gate dataset pinned."""
     from keel.control.datasets import DatasetStore
@@ -371,7 +382,7 @@ def gate_run_for(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: 
     return passing_run(store, feature, version, dataset.dataset, dataset.number)
 
 
-def promote(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: str, *, actor: str,
+def promote(store: Store, feature: str, fspec: FeatureSpec, version: str, *, actor: str,
             force: bool = False, reason: str | None = None) -> AliasMove:
     """Make ``version`` champion: with its passing eval run, or forced (and recorded)."""
     run = None
@@ -385,7 +396,7 @@ def promote(store: SQLiteStore, feature: str, fspec: FeatureSpec, version: str, 
                                       reason=reason, gate_run=run)
 
 
-def bootstrap(store: SQLiteStore, spec: KeelSpec) -> Registry:
+def bootstrap(store: Store, spec: KeelSpec) -> Registry:
     """Register keel.yaml's versions and seed aliases for features the store has not
     seen. A keel.yaml version changed in place is a ConfigError (versions are immutable)."""
     registry = Registry(store)

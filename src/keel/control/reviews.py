@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import difflib
-import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from keel.errors import (
 )
 from keel.spec import FeatureSpec
 from keel.stages.hold import FinalVerdict, Verdict
+from keel.store.db import Connection
 from keel.store.reviews import (
     VERDICTS,
     FeatureStats,
@@ -186,7 +186,7 @@ class ReviewQueue:
                                  "with the corrected output", param="output")
         dataset = dataset_for(item.feature, spec)
 
-        def on_close(conn: sqlite3.Connection, closed: ReviewItem) -> None:
+        def on_close(conn: Connection, closed: ReviewItem) -> None:
             DatasetSink.write(conn, example_of(closed, dataset))
 
         result = await asyncio.to_thread(self.store.record, trace_id, reviewer, checked, output,

@@ -31,16 +31,16 @@ The controller reaches the registry only through the callables it is given
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 from pydantic import ValidationError
 
+from keel.control import audit
 from keel.control.canary_stats import Judgement, breach, judge, rate_test_count
 from keel.control.live_metrics import VersionMetrics, live_metrics
 from keel.errors import (
@@ -52,7 +52,7 @@ from keel.errors import (
     RolloutNotFound,
 )
 from keel.spec import RolloutSpec
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Connection, Store
 from keel.types import JSON
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _rollout(row: sqlite3.Row) -> Rollout:
+def _rollout(row: Any) -> Rollout:
     config = orjson.loads(row["config"])
     return Rollout(
         id=row["id"], feature=row["feature"], candidate=row["candidate"],
@@ -140,31 +140,19 @@ class RolloutStore:
     IMMEDIATE`` transaction that checks the state it changes (compare and set), so the
     controller and a person at the CLI never both win."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         conn = self.store.connect()
         try:
             yield conn
         finally:
             conn.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.store.connect()
-        conn.isolation_level = None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _write(self) -> AbstractContextManager[Connection]:
+        return self.store.transaction("rollouts")
 
     def create(self, feature: str, candidate: str, baseline: str, spec: RolloutSpec, *,
                actor: str, now: float, forced: bool = False, gate_run: str | None = None,
@@ -177,6 +165,7 @@ class RolloutStore:
             f"started: {candidate} against champion {baseline} at {weight:.0%}"
             + (" (forced without a passing eval run)" if forced else ""))
         with self._write() as conn:
+            self.store.lock(conn, "audit")  # each transition is an audit row
             busy = conn.execute(
                 "SELECT id, candidate, state FROM rollouts WHERE feature = ?"
                 " AND state IN ('running', 'paused')", (feature,)).fetchone()
@@ -184,13 +173,12 @@ class RolloutStore:
                 raise RolloutConflict(
                     f"'{feature}' already has an active rollout (#{busy['id']}: "
                     f"{busy['candidate']}, {busy['state']}); pause, promote or roll it back first")
-            cursor = conn.execute(
+            rollout_id = int(conn.execute(
                 "INSERT INTO rollouts (feature, candidate, baseline, state, step, weight, config,"
                 " step_started_at, inconclusive_since, reason, created_by, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (feature, candidate, baseline, "running", 0, weight, _dumps(config), now, None,
-                 reason, actor, now, now))
-            rollout_id = int(cursor.lastrowid or 0)
+                 reason, actor, now, now)).fetchone()[0])
             transition = self._record(conn, rollout_id, feature, None, "running", 0, weight,
                                       reason, None, actor, now)
         return self.get(rollout_id), transition
@@ -204,6 +192,7 @@ class RolloutStore:
         step = rollout.step if step is None else step
         weight = rollout.weight if weight is None else weight
         with self._write() as conn:
+            self.store.lock(conn, "audit")  # each transition is an audit row
             cursor = conn.execute(
                 "UPDATE rollouts SET state = ?, step = ?, weight = ?, step_started_at = ?,"
                 " inconclusive_since = ?, reason = ?, updated_at = ?"
@@ -219,16 +208,19 @@ class RolloutStore:
                                 weight, reason, metrics, actor, now)
 
     @staticmethod
-    def _record(conn: sqlite3.Connection, rollout_id: int, feature: str,
+    def _record(conn: Connection, rollout_id: int, feature: str,
                 from_state: State | None, to_state: State, step: int, weight: float,
                 reason: str, metrics: dict[str, JSON] | None, actor: str,
                 now: float) -> Transition:
-        cursor = conn.execute(
+        transition_id = int(conn.execute(
             "INSERT INTO rollout_transitions (rollout_id, from_state, to_state, step, weight,"
-            " reason, metrics, actor, ts) VALUES (?,?,?,?,?,?,?,?,?)",
+            " reason, metrics, actor, ts) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
             (rollout_id, from_state, to_state, step, weight, reason,
-             None if metrics is None else _dumps(metrics), actor, now))
-        return Transition(int(cursor.lastrowid or 0), rollout_id, feature, from_state, to_state,
+             None if metrics is None else _dumps(metrics), actor, now)).fetchone()[0])
+        audit.append(conn, actor, f"rollout.{to_state}" if from_state else "rollout.start",
+                     f"{feature}/rollout#{rollout_id}", {"from": from_state, "to": to_state,
+                     "step": step, "weight": weight, "reason": reason})
+        return Transition(transition_id, rollout_id, feature, from_state, to_state,
                           step, weight, reason, metrics, actor, now)
 
     def get(self, rollout_id: int) -> Rollout:
@@ -268,14 +260,14 @@ class RolloutStore:
             rows = conn.execute(
                 "SELECT t.*, r.feature FROM rollout_transitions t JOIN rollouts r"
                 " ON r.id = t.rollout_id WHERE t.rollout_id = ? ORDER BY t.id DESC LIMIT ?",
-                (rollout_id, -1 if limit is None else limit)).fetchall()
+                (rollout_id, 2**62 if limit is None else limit)).fetchall()
         return [Transition(r["id"], r["rollout_id"], r["feature"], r["from_state"], r["to_state"],
                            r["step"], r["weight"], r["reason"],
                            None if r["metrics"] is None else orjson.loads(r["metrics"]),
                            r["actor"], r["ts"]) for r in reversed(rows)]
 
 
-def current_splits(store: SQLiteStore) -> dict[str, tuple[str, float, int]]:
+def current_splits(store: Store) -> dict[str, tuple[str, float, int]]:
     """feature -> (canary version, weight, rollout id) of every active rollout: what the
     routers apply (``Split(weight, sticky, salt=str(rollout id))``)."""
     return {r.feature: (r.candidate, r.weight, r.id) for r in RolloutStore(store).active()}
@@ -299,7 +291,7 @@ class SetCanary(Protocol):
 
 GateCheck = Callable[[str, str], str | None]  # (feature, version) -> passing eval run id
 Champion = Callable[[str], str]  # feature -> the champion's version now
-MetricsSource = Callable[[SQLiteStore, str, str, float, float | None], VersionMetrics]
+MetricsSource = Callable[[Store, str, str, float, float | None], VersionMetrics]
 
 
 def _snapshot(judgement: Judgement | None, candidate: VersionMetrics | None,
@@ -310,7 +302,7 @@ def _snapshot(judgement: Judgement | None, candidate: VersionMetrics | None,
 
 
 class RolloutController:
-    def __init__(self, store: SQLiteStore, specs: Mapping[str, RolloutSpec], *,
+    def __init__(self, store: Store, specs: Mapping[str, RolloutSpec], *,
                  promote: Promote, set_canary: SetCanary, gate_check: GateCheck,
                  champion: Champion, metrics: MetricsSource = live_metrics,
                  clock: Callable[[], float] = time.time) -> None:
@@ -505,7 +497,7 @@ class RolloutController:
                 f"no feature '{feature}' (features: {', '.join(self.specs) or 'none'})") from None
 
 
-def controller_for(store: SQLiteStore, spec: KeelSpec, *,
+def controller_for(store: Store, spec: KeelSpec, *,
                    clock: Callable[[], float] = time.time) -> RolloutController:
     """The controller wired to the version registry and the eval gates."""
     from keel.control.registry import Registry, gate_run_for

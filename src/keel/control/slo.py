@@ -34,13 +34,12 @@ the exact p95 of the window is one more, sorted query.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keel.errors import RequestError
 from keel.spec import SLOSpec
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Connection, Store
 from keel.types import JSON
 
 OBJECTIVES = ("latency_p95_ms", "error_rate", "validation_failure_rate", "review_rate",
@@ -152,7 +151,7 @@ def _valid(feature: str, since: float, now: float) -> tuple[str, tuple[float | s
             (feature, since, now, *CLIENT_ERROR_CODES))
 
 
-def slo_status(store: SQLiteStore, feature: str, spec: SLOSpec, now: float, *,
+def slo_status(store: Store, feature: str, spec: SLOSpec, now: float, *,
                exact_p95: bool = True) -> list[SLOStatus]:
     """Every objective ``spec`` sets for ``feature``, judged at ``now`` (unix seconds).
     ``exact_p95``: also compute the window's p95 latency (a sorted query) as the latency
@@ -217,7 +216,7 @@ def _above(burn: dict[str, float | None], windows: Sequence[str], threshold: flo
     return all(r is not None and r > threshold for r in rates)
 
 
-def _p95(conn: sqlite3.Connection, where: str, args: tuple[float | str, ...],
+def _p95(conn: Connection, where: str, args: tuple[float | str, ...],
          n: int) -> float | None:
     """The p95 with linear interpolation (as numpy's default), reading only the slowest
     ~5% of rows."""

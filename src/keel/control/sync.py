@@ -6,10 +6,11 @@ seen gets keel.yaml's aliases, and every feature's router takes the store's alia
 
 While serving, a loop (every ``settings.control_interval_s``) asks the store one cheap
 question, "did anything change?" (alias moves, registered versions, rollout steps,
-policy changes), and only then reloads: new versions are compiled and prepared before
-an alias may point at them, routers get the new aliases and canary splits, thresholds
-their new values. So ``keel versions alias`` or ``keel rollout`` run in another process
-reach this one within one interval. The same loop lets this process's leader lease
+policy changes, finished eval runs), and only then reloads: new versions are compiled
+and prepared before an alias may point at them, routers get the new aliases and canary
+splits, thresholds their new values, ``cheapest`` routing policies their eval records.
+So ``keel versions alias`` or ``keel rollout`` run in another process reach this one
+within one interval. The same loop lets this process's leader lease
 drive the rollout controller (:meth:`set_leader_task`).
 """
 
@@ -18,14 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from keel.control.leader import Lease
 from keel.control.registry import Registry, bootstrap
+from keel.control.retention import Pruner
 from keel.control.rollout import RolloutController, controller_for, current_splits
+from keel.control.route_evals import refresh_routing
 from keel.errors import KeelError
 from keel.stages.route import Split
 
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("keel.control")
 
 SplitInfo = tuple[str, float, int]  # canary version, weight, rollout id
+
+
+RECONCILE_S = 60.0
 
 
 def instance_id() -> str:
@@ -51,6 +59,8 @@ class ControlSync:
         self.splits: dict[str, SplitInfo] = {}
         self._lease: Lease | None = None
         self._controller: RolloutController | None = None
+        self._pruner: Pruner | None = None  # retention, pruned by the leader
+        self._reconciled = -math.inf  # when the leader last reconciled budgets with the ledger
 
     # --- start --------------------------------------------------------------------
 
@@ -77,6 +87,7 @@ class ControlSync:
                     continue
                 loaded.append((fname, record.name))
         await self._apply_aliases()
+        await refresh_routing(self.keel)  # routing policies that choose by eval records
         return loaded
 
     async def _apply_aliases(self) -> None:
@@ -101,6 +112,12 @@ class ControlSync:
                                                str(split[2])))
             else:
                 feature.router.set_split(None)
+        if self.keel.cache is not None:
+            # a champion or canary move empties the feature's cache, in every process
+            from keel.stages.cache import read_generations
+
+            self.keel.cache.set_generations(
+                await asyncio.to_thread(read_generations, self.keel.store))
 
     def _current_splits(self) -> dict[str, SplitInfo]:
         return current_splits(self.keel.store)
@@ -115,7 +132,8 @@ class ControlSync:
                 " (SELECT COUNT(*) FROM versions),"
                 " (SELECT COALESCE(MAX(updated_at), 0) FROM rollouts),"
                 " (SELECT COUNT(*) FROM rollouts),"
-                " (SELECT COALESCE(MAX(id), 0) FROM policy_changes)").fetchone()
+                " (SELECT COALESCE(MAX(id), 0) FROM policy_changes),"
+                " (SELECT COALESCE(MAX(finished_at), 0) FROM eval_runs)").fetchone()
         finally:
             conn.close()
         return tuple(float(x) for x in row)
@@ -141,6 +159,7 @@ class ControlSync:
                 self._lease = Lease(self.keel.store, "control-plane", instance_id(),
                                     ttl_s=max(5.0, 3 * interval))
                 self._controller = controller_for(self.keel.store, self.keel.spec)
+                self._pruner = Pruner(self.keel.store, self.keel.spec.retention)
                 self._leader_task = self._lead
             self._task = asyncio.get_running_loop().create_task(self._run(interval))
 
@@ -155,6 +174,20 @@ class ControlSync:
             log.info("rollout %s: %s -> %s (%s)", t.rollout_id, t.from_state, t.to_state, t.reason)
         if transitions:
             await self.refresh(force=True)  # serve the new split or champion at once
+        if self._pruner is not None:  # old events, payloads, reviews, rollups: in batches
+            await asyncio.to_thread(self._pruner.tick)
+        await self._reconcile_budgets()
+
+    async def _reconcile_budgets(self) -> None:
+        """Budgets in Redis: raise each period's shared spend to the ledger's, at most once
+        a minute (a flushed or restarted Redis must not forget money spent)."""
+        gate = self.keel.pipeline.budgets
+        reconcile = getattr(gate.limits, "reconcile", None) if gate is not None else None
+        now = time.monotonic()
+        if reconcile is None or now - self._reconciled < RECONCILE_S:
+            return
+        self._reconciled = now
+        await asyncio.to_thread(reconcile)
 
     @property
     def leader(self) -> bool:
@@ -167,7 +200,10 @@ class ControlSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._lease is not None and self._lease.held:
-            await asyncio.to_thread(self._lease.release)  # another process may lead at once
+            try:  # another process may lead at once
+                await asyncio.to_thread(self._lease.release)
+            except Exception as exc:  # the store is down: the lease expires by itself
+                log.warning("control-plane lease not released (%s)", exc)
 
     async def _run(self, interval: float) -> None:
         while True:

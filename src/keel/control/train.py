@@ -25,7 +25,7 @@ from keel.control.datasets import DatasetStore, DatasetVersion, Item
 from keel.control.registry import Registry, VersionRecord
 from keel.errors import InvalidRequest
 from keel.spec import FeatureSpec, VersionSpec
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON
 
 Progress = Callable[[int, int], None]
@@ -124,7 +124,7 @@ class LocalHeadTrainer:
 TRAINERS: dict[str, Callable[[], Trainer]] = {"local-head": LocalHeadTrainer}
 
 
-def train_version(store: SQLiteStore, feature: str, spec: FeatureSpec, dataset_ref: str,
+def train_version(store: Store, feature: str, spec: FeatureSpec, dataset_ref: str,
                   artifacts: Path, *, actor: str, trainer: Trainer | None = None,
                   name: str | None = None, split: str | None = "train",
                   progress: Progress | None = None) -> tuple[VersionRecord, Trained]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from bisect import bisect_left
@@ -41,6 +40,9 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from keel.observability.cache_metrics import CacheCollector
+from keel.observability.store_health import WriterCollector
+from keel.store.db import DB_ERRORS
 from keel.types import Event
 
 if TYPE_CHECKING:
@@ -117,6 +119,8 @@ class Metrics:
         self.registry.register(CallCollector(self))
         self.registry.register(StateCollector(keel))
         self.registry.register(SLOCollector(keel))
+        self.registry.register(CacheCollector(keel))  # keel.observability.cache_metrics
+        self.registry.register(WriterCollector(keel.writer))  # the store up, and what waits
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(_Forward(collector))
 
@@ -330,7 +334,7 @@ class StateCollector(Collector):
         keel = self.keel
         try:
             counts = self._pending()
-        except sqlite3.Error as exc:  # a store not migrated yet: leave the gauge out
+        except DB_ERRORS as exc:  # a store not migrated yet: leave the gauge out
             log.debug("metrics: review queue unreadable: %s", exc)
         else:
             for name in sorted(keel.features):
@@ -376,7 +380,7 @@ class SLOCollector(Collector):
             if now - self._at >= self.keel.settings.slo_cache_s:
                 try:
                     self._cached = self._compute()
-                except sqlite3.Error as exc:
+                except DB_ERRORS as exc:
                     log.debug("metrics: SLOs unreadable: %s", exc)
                     self._cached = []
                 self._at = now

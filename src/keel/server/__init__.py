@@ -17,14 +17,18 @@ from keel.server import (
     drift,
     errors,
     features,
+    feedback,
+    keys,
     observability,
     openai_compat,
+    openapi,
     pages,
     reviews,
     rollouts,
     stats,
     versions,
 )
+from keel.server.access import is_loopback
 from keel.server.auth import KeyAuth
 
 
@@ -58,6 +62,9 @@ def create_app(keel: Keel) -> FastAPI:
     app.include_router(stats.router)
     app.include_router(budgets.router)
     app.include_router(observability.router)
+    app.include_router(keys.router)
+    feedback.install(app, keel)  # its routes, and the recent calls feedback may race
+    openapi.install(app)  # the document completed: raw query params and bodies, auth
     # The hot routes are also served as plain Starlette routes ahead of FastAPI's, which
     # skips its per-request dependency machinery (~170 µs); the FastAPI routes stay for
     # the OpenAPI document. The handlers read and write raw bodies either way.
@@ -68,14 +75,20 @@ def create_app(keel: Keel) -> FastAPI:
         Route("/metrics", observability.metrics, methods=["GET"]),  # Prometheus
     ]
 
-    @app.get("/healthz", summary="Liveness and what is loaded")
+    @app.get("/healthz", summary="Liveness, what is loaded, and the event store's state")
     async def healthz(request: Request) -> Response:
-        return features.json_response({"status": "ok", "features": sorted(keel.features)})
+        # always 200 while the process serves; "degraded": the store is down or stalled
+        # and events wait in memory or spill files (docs/resilience.md)
+        store = keel.writer.health()
+        return features.json_response({"status": "degraded" if store["degraded"] else "ok",
+                                       "features": sorted(keel.features), "store": store})
 
     @app.get("/api/circuits", summary="Circuit breaker state per target (provider, model)")
     async def circuits(request: Request) -> Response:
         return features.json_response({"circuits": keel.circuits.snapshot()})
 
-    if keel.settings.api_keys:
-        app.add_middleware(KeyAuth, keys=keel.settings.api_keys)
+    # every request: its key, its role, its features (keel.server.access has the rules)
+    settings = keel.settings
+    app.add_middleware(KeyAuth, store=keel.store, keys=settings.api_keys,
+                       open_ok=is_loopback(settings.host) or settings.insecure_no_auth)
     return app

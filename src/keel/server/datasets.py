@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from keel.control.datasets import DatasetStore, DatasetVersion, Item
 from keel.errors import InvalidRequest
 from keel.gateway import Keel
 from keel.server.features import json_response
-from keel.server.reviews import _errors, _int
+from keel.server.reviews import MAX_INT, _errors, _int
 
 router = APIRouter()
 
@@ -51,8 +51,10 @@ async def dataset_versions(name: str, request: Request) -> Response:
 
 
 @router.get("/api/datasets/{name}/{number}", summary="One dataset version's items",
-            responses=_errors(s400="bad query parameter", s404="no such dataset, version or split"))
-async def dataset_items(name: str, number: int, request: Request) -> Response:
+            responses=_errors(s400="bad version number or query parameter",
+                              s404="no such dataset, version or split"))
+async def dataset_items(name: str, number: Annotated[int, Path(ge=1, le=MAX_INT)],
+                        request: Request) -> Response:
     """Query: ``split``, ``limit`` (1..1000, default 100), ``offset``."""
     store = _store(request)
     limit = _int(request, "limit", 100, 1, 1000)

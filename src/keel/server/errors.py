@@ -1,6 +1,7 @@
 """Every error leaves the server as ``{"error": {code, message, type, param}}`` with
 its status: the shape OpenAI's SDK turns into its own exception types. No stack
-traces, ever; unexpected exceptions are logged and answered with a 500 ``internal_error``."""
+traces, ever; a store that fails is a 503 ``store_unavailable`` (with Retry-After);
+unexpected exceptions are logged and answered with a 500 ``internal_error``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from keel.errors import KeelError
+from keel.store.db import DB_ERRORS
 
 log = logging.getLogger("keel.server")
 
@@ -56,6 +58,13 @@ def install(app: FastAPI) -> None:
         return error_response("invalid_request", f"{param or 'body'}: {first['msg']}", 400,
                               param=param)
 
+    async def on_store(request: Request, exc: Exception) -> Response:
+        # the database failed under a control-plane or read request: the caller may retry
+        log.warning("store error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response("store_unavailable", "Keel's store did not answer this request "
+                              "(it may be down or busy); retry shortly. Calls to features go "
+                              "on meanwhile.", 503, "api_error", headers={"retry-after": "5"})
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response("internal_error", "Keel hit an unexpected error; it is logged "
@@ -64,4 +73,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(KeelError, on_keel)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
+    for error in DB_ERRORS:
+        app.add_exception_handler(error, on_store)
     app.add_exception_handler(Exception, on_unexpected)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from keel.errors import AllTargetsFailed, InvalidRequest, UpstreamRateLimited
 from keel.gateway import Keel
+from keel.server.access import visible
 from keel.server.auth import request_key_id
 from keel.server.body import read_json_object
 from keel.server.schema import (
@@ -20,6 +21,7 @@ from keel.server.schema import (
     keel_headers,
     outcome_body,
 )
+from keel.stages.cache import directive
 from keel.types import Decision, Outcome
 
 router = APIRouter()
@@ -99,7 +101,7 @@ async def call_feature(name: str, request: Request) -> Response:
     data, size = await read_json_object(request, keel.settings.max_body_bytes)
     input, user, session = parse_envelope(data)
     outcome = await keel.call(name, input, user=user, key=request_key_id(request.scope),
-                              body_bytes=size, session=session)
+                              body_bytes=size, session=session, cache=directive(request.headers))
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     return json_response(outcome_body(outcome), headers=keel_headers(outcome))
@@ -122,6 +124,6 @@ async def list_features(request: Request) -> Response:
             "aliases": f.router.aliases,
             "fallbacks": f.spec.fallbacks,
         }
-        for name, f in keel.features.items()
+        for name in visible(request.scope, keel.features) for f in [keel.features[name]]
     ]
     return json_response({"features": body})

@@ -25,10 +25,12 @@ from starlette.responses import Response, StreamingResponse
 from keel.errors import InvalidRequest, NotFound
 from keel.feature import Feature
 from keel.gateway import Keel
+from keel.server.access import check_feature, visible
 from keel.server.auth import request_key_id
 from keel.server.body import read_json_object
 from keel.server.features import ERRORS, _kind, failed_response, json_response
 from keel.server.schema import keel_headers, outcome_body
+from keel.stages.cache import directive
 from keel.streaming import STREAMABLE, StreamFailed, StreamStart
 from keel.types import JSON, Decision, Delta, Outcome
 
@@ -157,6 +159,7 @@ async def chat_completions(request: Request) -> Response:
     keel: Keel = request.app.state.keel
     data, size = await read_json_object(request, keel.settings.max_body_bytes)
     feature = _feature(keel, data.get("model"))
+    check_feature(request.scope, feature.name)
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest('"stream" must be true or false', param="stream")
@@ -168,10 +171,10 @@ async def chat_completions(request: Request) -> Response:
     include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
     if stream and feature.spec.output.kind in STREAMABLE:
         return await _stream(keel, feature, input, options, user, request_key_id(request.scope),
-                             size, include_usage)
+                             size, include_usage, directive(request.headers))
     key = request_key_id(request.scope)
     outcome = await keel.call(feature.name, input, user=user, key=key, body_bytes=size,
-                              options=options)
+                              options=options, cache=directive(request.headers))
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     if stream:  # a classifier's answer is one piece: send it as a one-chunk stream
@@ -230,8 +233,10 @@ async def _whole_as_chunks(model: str, outcome: Outcome, include_usage: bool) ->
 
 
 async def _stream(keel: Keel, feature: Feature, input: dict[str, JSON], options: dict[str, JSON],
-                  user: str | None, key: str | None, size: int, include_usage: bool) -> Response:
-    events = keel.stream(feature.name, input, user=user, key=key, body_bytes=size, options=options)
+                  user: str | None, key: str | None, size: int, include_usage: bool,
+                  cache: str = "use") -> Response:
+    events = keel.stream(feature.name, input, user=user, key=key, body_bytes=size, options=options,
+                         cache=cache)
     try:
         start = await anext(events)  # failures before the first token are plain HTTP errors
     except StreamFailed as exc:
@@ -241,6 +246,8 @@ async def _stream(keel: Keel, feature: Feature, input: dict[str, JSON], options:
     assert isinstance(start, StreamStart)
     chunks = _Chunks(start.trace_id, feature.name, start.version)
     headers = {"x-keel-trace-id": start.trace_id, "x-keel-version": start.version}
+    if feature.spec.cache is not None:  # a hit came whole, above: this stream is a miss
+        headers["x-keel-cache"] = "miss" if cache == "use" else "bypass"
 
     async def body() -> AsyncIterator[bytes]:
         yield chunks.delta({"role": "assistant", "content": ""})
@@ -287,6 +294,7 @@ async def embeddings(request: Request) -> Response:
     keel: Keel = request.app.state.keel
     data, size = await read_json_object(request, keel.settings.max_body_bytes)
     feature = _feature(keel, data.get("model"))
+    check_feature(request.scope, feature.name)
     if feature.spec.output.kind != "embedding":
         raise InvalidRequest(f"'{feature.name}' is not an embedding feature (output kind "
                              f"'{feature.spec.output.kind}')", param="model")
@@ -298,7 +306,8 @@ async def embeddings(request: Request) -> Response:
     if user is not None and not isinstance(user, str):
         raise InvalidRequest('"user" must be a string', param="user")
     outcome = await keel.call(feature.name, {"input": _texts(data.get("input"))}, user=user,
-                              key=request_key_id(request.scope), body_bytes=size)
+                              key=request_key_id(request.scope), body_bytes=size,
+                              cache=directive(request.headers))
     if outcome.decision is Decision.ERROR:
         return failed_response(outcome)
     vectors = outcome.output if isinstance(outcome.output, list) else []
@@ -329,7 +338,8 @@ def _model(name: str) -> dict[str, Any]:
 @router.get("/v1/models", summary="OpenAI-compatible: the features, as models")
 async def list_models(request: Request) -> Response:
     keel: Keel = request.app.state.keel
-    return json_response({"object": "list", "data": [_model(n) for n in keel.features]})
+    return json_response({"object": "list",
+                          "data": [_model(n) for n in visible(request.scope, keel.features)]})
 
 
 @router.get("/v1/models/{model}", summary="OpenAI-compatible: one feature, as a model",

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from keel.control.reviews import ORDERS, STATUSES, ReviewQueue, check_reviewer
 from keel.errors import InvalidRequest
 from keel.gateway import Keel
+from keel.server.access import queue_feature
 from keel.server.body import read_json_object
 from keel.server.features import json_response
 from keel.server.schema import ErrorBody, ValidationBody
@@ -25,6 +26,7 @@ from keel.store.reviews import Order, Status
 router = APIRouter()
 
 MAX_LIMIT = 500
+MAX_INT = 2**63 - 1  # what the store's integer columns hold (SQLite INTEGER, BIGINT)
 
 
 class VoteBody(BaseModel):
@@ -68,14 +70,14 @@ class ReviewListBody(BaseModel):
 
 
 class NextRequest(BaseModel):
-    reviewer: str = Field(max_length=100)
+    reviewer: str = Field(min_length=1, max_length=100)
     feature: str | None = None
     order: Literal["confidence", "oldest"] | None = Field(
         default=None, description="default: the feature's review.order")
 
 
 class VerdictRequest(BaseModel):
-    reviewer: str = Field(max_length=100)
+    reviewer: str = Field(min_length=1, max_length=100)
     verdict: Literal["approve", "edit", "reject"]
     output: Any = Field(default=None, description="edit: the corrected output (label features: "
                         "one of the labels)")
@@ -115,9 +117,10 @@ def _int(request: Request, name: str, default: int, lo: int, hi: int | None = No
         value = int(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer, got '{raw}'", param=name) from None
-    if value < lo or (hi is not None and value > hi):
-        where = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise InvalidRequest(f"{name} must be {where}, got {value}", param=name)
+    if value < lo or value > (MAX_INT if hi is None else hi):
+        # unbounded ones still fit the store's 64-bit integers (an offset of 10**30 is a 400)
+        where = f"between {lo} and {hi}" if hi is not None else f"between {lo} and 2^63-1"
+        raise InvalidRequest(f"{name} must be {where}, got {raw[:40]}", param=name)
     return value
 
 
@@ -173,8 +176,8 @@ async def next_review(request: Request) -> Response:
     order = data.get("order")
     if order is not None and order not in ORDERS:
         raise InvalidRequest(f"order must be one of {', '.join(ORDERS)}", param="order")
-    item = await _queue(request).next(check_reviewer(data.get("reviewer")),
-                                      _optional_str(data, "feature"), order)
+    feature = queue_feature(request.scope, _optional_str(data, "feature"))
+    item = await _queue(request).next(check_reviewer(data.get("reviewer")), feature, order)
     if item is None:
         return Response(status_code=204)
     return json_response(item.to_json())

@@ -58,6 +58,10 @@ class FeatureResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="per stage: checks, route, invoke, ...")
     attempts: list[AttemptBody]
     validations: list[ValidationBody]
+    cache: str | None = Field(default=None, description="features with a cache: hit-exact, "
+                              "hit-semantic, miss or bypass (docs/caching.md)")
+    saved_usd: float | None = Field(default=None, description="on a cache hit: the cost of "
+                                    "the model call it avoided")
 
 
 class ErrorDetail(BaseModel):
@@ -72,7 +76,7 @@ class ErrorBody(BaseModel):
 
 
 def outcome_body(outcome: Outcome) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "trace_id": outcome.trace_id,
         "feature": outcome.feature,
         "version": outcome.version,
@@ -94,6 +98,11 @@ def outcome_body(outcome: Outcome) -> dict[str, Any]:
             for v in outcome.validations
         ],
     }
+    if outcome.cache is not None:  # a feature with a cache (keel.stages.cache)
+        body["cache"] = outcome.cache
+        if outcome.saved_usd is not None:
+            body.setdefault("saved_usd", outcome.saved_usd)
+    return body
 
 
 def keel_headers(outcome: Outcome) -> dict[str, str]:
@@ -103,4 +112,6 @@ def keel_headers(outcome: Outcome) -> dict[str, str]:
     if outcome.confidence is not None:
         headers["x-keel-confidence"] = f"{outcome.confidence:.4f}"
     headers["x-keel-cost-usd"] = "unknown" if outcome.cost_usd is None else f"{outcome.cost_usd:.8f}"
+    if outcome.cache is not None:
+        headers["x-keel-cache"] = outcome.cache
     return headers

@@ -22,7 +22,8 @@ from keel.errors import EventNotFound, FeatureNotFound, InvalidRequest
 from keel.gateway import Keel
 from keel.server.features import json_response
 from keel.server.reviews import _choice, _errors, _int
-from keel.store import explorer, stats
+from keel.store import explorer, route_stats, stats
+from keel.store.cache_stats import cache_stats
 from keel.types import Decision
 
 router = APIRouter()
@@ -105,13 +106,19 @@ async def overview(request: Request) -> Response:
             responses=_errors(s400="bad query parameter", s404="unknown feature"))
 async def feature_stats(feature: str, request: Request) -> Response:
     """Query: ``since`` (default 7 days ago), ``until``, ``bucket``. The overview's shape
-    for one feature, plus a row per version (the version routed to)."""
+    for one feature, plus a row per version (the version routed to), and ``routing``:
+    what its routing policy chose and saved (:mod:`keel.store.route_stats`)."""
     keel = _keel(request)
     since, until = _range(request, 7 * DAY)
     assert since is not None
     bucket = _bucket(request, since, until)
     await _check_feature(keel, feature)
     body = await asyncio.to_thread(stats.overview, keel.store, since, until, bucket, feature)
+    body["routing"] = await asyncio.to_thread(route_stats.routing, keel.store, feature, since,
+                                              until)
+    known = keel.features.get(feature)
+    if known is not None and known.spec.cache is not None:  # hits and savings (docs/caching.md)
+        body["cache"] = await asyncio.to_thread(cache_stats, keel.store, feature, since, until)
     return json_response({"feature": feature, **body})
 
 

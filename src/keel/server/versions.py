@@ -4,7 +4,7 @@
 ``POST`` registers one (and this process serves it at once); ``PUT .../aliases/{alias}``
 moves an alias (``champion`` needs a passing eval run unless ``force``); ``POST
 .../train`` fits a version on a dataset version. Every change records the caller's key
-id as its actor (``api:anonymous`` without gateway keys).
+as its actor (``key:<name>``; ``api:anonymous`` without gateway keys).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from keel.control.registry import Registry, VersionRecord, promote
-from keel.errors import FeatureNotFound, InvalidRequest
+from keel.errors import ConfigError, FeatureNotFound, InvalidRequest, KeelError, ProviderError
 from keel.gateway import Keel
-from keel.server.auth import request_key_id
+from keel.server.auth import request_actor
 from keel.server.body import read_json_object
 from keel.server.features import json_response
 from keel.server.reviews import _body, _errors, _fields, _optional_str
@@ -29,8 +29,7 @@ router = APIRouter()
 
 
 def actor_of(request: Request) -> str:
-    key = request_key_id(request.scope)
-    return f"key:{key}" if key else "api:anonymous"
+    return request_actor(request.scope)
 
 
 def _feature(request: Request, name: str) -> tuple[Keel, FeatureSpec]:
@@ -103,10 +102,21 @@ async def register_version(feature: str, request: Request) -> Response:
         raise InvalidRequest(f"spec.provider: unknown provider '{spec.provider}' "
                              f"(known: {', '.join(sorted(known))})", param="spec.provider")
     registry = Registry(keel.store)
-    record = await asyncio.to_thread(registry.register, feature, name, spec,
-                                     actor=actor_of(request), source="api", fspec=fspec)
-    if name not in keel.features[feature].targets:
-        await keel.load_version(feature, name, spec)
+    loaded = name not in keel.features[feature].targets
+    if loaded:  # prepared first: a version this process cannot serve is refused, not registered
+        try:
+            await keel.load_version(feature, name, spec)
+        except (ProviderError, ConfigError, ValueError) as exc:
+            message = exc.message if isinstance(exc, KeelError) else str(exc)
+            raise InvalidRequest(f"spec: this version cannot be served: {message}",
+                                 param="spec") from None
+    try:
+        record = await asyncio.to_thread(registry.register, feature, name, spec,
+                                         actor=actor_of(request), source="api", fspec=fspec)
+    except BaseException:
+        if loaded:
+            keel.unload_version(feature, name)
+        raise
     aliases = await asyncio.to_thread(registry.aliases, feature)
     return json_response(version_json(record, aliases, True), status=201)
 

@@ -12,6 +12,10 @@ with the scaled-out mode.
 A budget's spend for the current period is read once from the cost ledger (the first
 call of its scope in the period, so a restart does not reset it), then kept in memory.
 
+A feature with ``routing.downgrade_to`` is not refused at the limit: from
+``downgrade_at`` of a budget spent, its calls are admitted at that cheaper version's
+estimate and ``Call.downgrade`` tells the route to use it (up to ``downgrade_until``).
+
 Throttles are token buckets refilled continuously: requests per minute (one token per
 call) and tokens per minute (the call's estimated input tokens at admission, corrected
 by its actual tokens when it finishes).
@@ -153,16 +157,19 @@ class Limits:
             balance.alerted = {t for t in self.thresholds if spent >= t * budget.limit_usd}
             self.balances[key] = balance
 
-    def admit(self, call: Call, estimated_cost: float, estimated_tokens: int) -> Reservation | None:
+    def admit(self, call: Call, estimated_cost: float, estimated_tokens: int, *,
+              ceiling: float = 1.0) -> Reservation | None:
         """Check every budget and throttle of the call and reserve from them, or raise
-        BudgetExceeded / Throttled having reserved nothing. Synchronous on purpose."""
+        BudgetExceeded / Throttled having reserved nothing. Synchronous on purpose.
+        ``ceiling``: the share of a budget at which the call is refused (a downgraded
+        call's may be above 1, or infinite)."""
         if not self.active:
             return None
         now = self.clock()
         balances: list[Balance] = []
         for budget, value in self._budgets_for(call):
             balance = self.balances[(budget.name, value)]
-            if balance.spent + balance.reserved >= budget.limit_usd:
+            if balance.spent + balance.reserved >= budget.limit_usd * ceiling:
                 who = "" if budget.scope == "all" else f" for {budget.scope} '{value}'"
                 raise BudgetExceeded(
                     f"budget '{budget.name}'{who} is spent: ${balance.spent:.4f} of "
@@ -192,6 +199,13 @@ class Limits:
                                   [b for b, unit, _ in taken if unit == "tokens"])
         self.pending[call.trace_id] = reservation
         return reservation
+
+    def pressure(self, call: Call) -> float:
+        """The largest share (spent + reserved) / limit of the call's loaded budgets."""
+        shares = [(b.spent + b.reserved) / budget.limit_usd for budget, value in
+                  self._budgets_for(call)
+                  if (b := self.balances.get((budget.name, value))) is not None]
+        return max(shares, default=0.0)
 
     def _bucket(self, name: str, value: str, unit: str, per_minute: int, now: float) -> Bucket:
         key = (name, value, unit)
@@ -270,19 +284,30 @@ class BudgetGate:
     async def admit(self, feature: Feature, call: Call) -> None:
         for budget, value in self.limits.needs_loading(call):
             await asyncio.to_thread(self.limits.load, budget, value)
+        routing = feature.spec.routing
+        down = routing.downgrade_to if routing is not None else None
+        if (routing is not None and down is not None and down in feature.targets
+                and self.limits.pressure(call) >= routing.downgrade_at):
+            # nearly spent and the feature allows it: a cheaper version serves the call
+            # (keel.stages.route_policy) instead of a refusal at the limit
+            call.downgrade = down
+            cost, tokens = self.estimate(feature, call, down)
+            self.limits.admit(call, cost, tokens, ceiling=routing.downgrade_until or math.inf)
+            return
         cost, tokens = self.estimate(feature, call)
         self.limits.admit(call, cost, tokens)
 
-    def estimate(self, feature: Feature, call: Call) -> tuple[float, int]:
+    def estimate(self, feature: Feature, call: Call,
+                 version: str | None = None) -> tuple[float, int]:
         """(cost, tokens) of a call before it runs: ~4 characters per input token; the
         caller's max_tokens, else this feature's average answer, for the output; priced
-        as the champion's version."""
+        as ``version`` (default: the champion's)."""
         chars = _chars(call.input)
         input_tokens = max(1, math.ceil(chars / 4))
         asked = call.options.get("max_tokens") or call.options.get("max_completion_tokens")
         output_tokens = int(asked) if isinstance(asked, int) else round(
             self._output_tokens.get(feature.name, DEFAULT_OUTPUT_TOKENS))
-        version = feature.router.aliases.get("champion")
+        version = version or feature.router.aliases.get("champion")
         target = feature.targets.get(version) if version else None
         if target is None or version is None:
             return 0.0, input_tokens + output_tokens

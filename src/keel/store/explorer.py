@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 from keel.types import JSON
 
 SUMMARY = ("trace_id", "ts", "feature", "version", "routed", "decision", "confidence",
@@ -81,7 +81,7 @@ def _where(f: EventFilter) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-def list_events(store: SQLiteStore, f: EventFilter, limit: int = 50,
+def list_events(store: Store, f: EventFilter, limit: int = 50,
                 cursor: tuple[float, str] | None = None
                 ) -> tuple[list[dict[str, JSON]], tuple[float, str] | None]:
     """One page of event summaries, newest first, and the cursor of the next (None at
@@ -106,7 +106,7 @@ def list_events(store: SQLiteStore, f: EventFilter, limit: int = 50,
     return page, (float(last["ts"]), str(last["trace_id"]))
 
 
-def get_event(store: SQLiteStore, trace_id: str) -> dict[str, JSON] | None:
+def get_event(store: Store, trace_id: str) -> dict[str, JSON] | None:
     """One event with everything recorded: timings, attempts, validations, input, output,
     checks."""
     conn = store.connect()

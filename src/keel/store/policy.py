@@ -9,27 +9,32 @@ from typing import Any
 
 import orjson
 
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Store
 
 FIELDS = frozenset({"accept_at", "refuse_below"})
 
 
-def record_policy_change(store: SQLiteStore, feature: str, field: str, old: float | None,
+def record_policy_change(store: Store, feature: str, field: str, old: float | None,
                          new: float, *, actor: str, source: str, details: dict[str, Any]) -> None:
     if field not in FIELDS:
         raise ValueError(f"unknown policy field {field!r}")
+    from keel.control import audit  # here: the gateway imports this module, never the control plane
+
     conn = store.connect()
     try:
         with conn:
+            store.lock(conn, "audit")
             conn.execute(
                 "INSERT INTO policy_changes (feature, field, old_value, new_value, actor, source,"
                 " details, ts) VALUES (?,?,?,?,?,?,?,?)",
                 (feature, field, old, new, actor, source, orjson.dumps(details).decode(), time.time()))
+            audit.append(conn, actor, "policy.change", f"{feature}/policy.{field}",
+                         {"from": old, "to": new, "source": source})
     finally:
         conn.close()
 
 
-def policy_overrides(store: SQLiteStore) -> dict[str, dict[str, float]]:
+def policy_overrides(store: Store) -> dict[str, dict[str, float]]:
     """The latest value of each changed field, per feature."""
     conn = store.connect()
     try:
@@ -43,7 +48,7 @@ def policy_overrides(store: SQLiteStore) -> dict[str, dict[str, float]]:
     return out
 
 
-def policy_history(store: SQLiteStore, feature: str) -> list[dict[str, Any]]:
+def policy_history(store: Store, feature: str) -> list[dict[str, Any]]:
     conn = store.connect()
     try:
         rows = conn.execute("SELECT * FROM policy_changes WHERE feature = ? ORDER BY ts, id",

@@ -2,8 +2,8 @@
 
 Synchronous: callers run these in a thread (:mod:`keel.control.reviews`). Items are
 written by the event writer (``SQLiteStore.write_reviews``); everything that changes
-an item afterwards runs here in a ``BEGIN IMMEDIATE`` transaction, which takes
-SQLite's write lock before the first read, so a claim or a verdict always sees the
+an item afterwards runs here in a ``store.transaction("reviews")``, which takes
+the lock before the first read, so a claim or a verdict always sees the
 state it changes (two reviewers never get the same single-overlap item, a verdict
 never lands on an item another one just closed).
 
@@ -18,11 +18,10 @@ approve / edit / reject; a tie is a reject (see :func:`final_verdict`).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Literal
@@ -31,7 +30,7 @@ import orjson
 
 from keel.errors import ReviewClosed, ReviewDuplicate, ReviewNotFound
 from keel.stages.hold import Verdict
-from keel.store.sqlite import SQLiteStore
+from keel.store.db import Connection, Store
 from keel.types import JSON
 
 Order = Literal["confidence", "oldest"]
@@ -116,7 +115,7 @@ class FeatureStats:
         }
 
 
-OnClose = Callable[[sqlite3.Connection, ReviewItem], None]
+OnClose = Callable[[Connection, ReviewItem], None]
 
 
 def canonical(value: JSON) -> bytes:
@@ -173,38 +172,26 @@ _ORDER_SQL: dict[str, str] = {
 
 
 class ReviewStore:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     # --- connections ------------------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         conn = self.store.connect()
         try:
             yield conn
         finally:
             conn.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction holding the write lock from its first statement."""
-        conn = self.store.connect()
-        conn.isolation_level = None  # we issue BEGIN / COMMIT ourselves
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A transaction holding the review queue's lock from its first statement."""
+        return self.store.transaction("reviews")
 
     # --- reading ----------------------------------------------------------------------
 
-    def _items(self, conn: sqlite3.Connection, rows: Sequence[sqlite3.Row],
+    def _items(self, conn: Connection, rows: Sequence[Any],
                now: float) -> list[ReviewItem]:
         votes: dict[str, list[Vote]] = {row["trace_id"]: [] for row in rows}
         if votes:
@@ -265,7 +252,7 @@ class ReviewStore:
                                (trace_id,)).fetchone()
             return None if row is None else self._items(conn, [row], time.time())[0]
 
-    def _get(self, conn: sqlite3.Connection, trace_id: str, now: float) -> ReviewItem | None:
+    def _get(self, conn: Connection, trace_id: str, now: float) -> ReviewItem | None:
         row = conn.execute("SELECT * FROM review_items WHERE trace_id = ?", (trace_id,)).fetchone()
         return None if row is None else self._items(conn, [row], now)[0]
 
@@ -323,7 +310,7 @@ class ReviewStore:
         return bool(gone)
 
     @staticmethod
-    def _reassign(conn: sqlite3.Connection, trace_id: str) -> None:
+    def _reassign(conn: Connection, trace_id: str) -> None:
         """Point assigned_to at the latest remaining claim, or at nobody."""
         row = conn.execute("SELECT reviewer, until FROM review_claims WHERE trace_id = ?"
                            " ORDER BY until DESC LIMIT 1", (trace_id,)).fetchone()

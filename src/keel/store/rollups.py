@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
@@ -50,10 +49,11 @@ import numpy as np
 import numpy.typing as npt
 
 from keel.errors import RequestError
+from keel.store.db import Connection
 from keel.types import Event
 
 if TYPE_CHECKING:
-    from keel.store.sqlite import SQLiteStore
+    from keel.store.db import Store
 
 log = logging.getLogger("keel.store")
 
@@ -166,7 +166,7 @@ class Rollup:
             out.append((table, ltable, counts, latency))
         return out
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def write(self, conn: Connection) -> None:
         """Add these sums to the tables (the caller holds the transaction)."""
         for table, ltable, counts, latency in self.levels():
             if counts:
@@ -233,7 +233,7 @@ _UPSERTS = {
 _UPSERT_LEDGER = _upsert("ledger", ("day", "feature", "version", "key_id", "user_id"), LEDGER_SUMS)
 
 
-def add_events(conn: sqlite3.Connection, events: Iterable[Event]) -> None:
+def add_events(conn: Connection, events: Iterable[Event]) -> None:
     """Add events just inserted to the rollups and the ledger, in the caller's transaction."""
     rollup = Rollup()
     for e in events:
@@ -248,7 +248,7 @@ _BACKFILL_SELECT = (
 )
 
 
-def backfill(conn: sqlite3.Connection, chunk: int = 200_000) -> int:
+def backfill(conn: Connection, chunk: int = 200_000) -> int:
     """Add every event in the events table to the rollups and the ledger (the data step of
     ``006_rollups``, inside its transaction; also how bench/dashboard.py builds them).
     The same sums as the writer's. Returns the number of events read."""
@@ -322,7 +322,7 @@ def day_start(ts: float) -> float:
     return float(math.floor(ts / DAY) * DAY)
 
 
-def spend(store: SQLiteStore, *, scope: Scope, value: str | None, since: float,
+def spend(store: Store, *, scope: Scope, value: str | None, since: float,
           until: float | None = None, feature: str | None = None) -> Spend:
     """What one scope value spent: calls of the UTC days from the one holding ``since`` up
     to the last one starting before ``until`` (None: through today, included as far as

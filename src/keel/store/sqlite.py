@@ -14,18 +14,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from keel.store import rollups
+from keel.store.base import BaseStore
+from keel.store.base import dumps as _dumps
+from keel.store.db import Connection, Dialect
 from keel.store.migrations import DATA_STEPS, MIGRATIONS
-from keel.types import Event, ReviewRequest
+from keel.types import Event
 
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-_INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+EVENT_COLUMNS = (
+    "trace_id", "ts", "feature", "version", "decision", "confidence", "latency_ms",
+    "input_tokens", "output_tokens", "cost_usd", "user_id", "key_id", "error_code", "timings",
+    "attempts", "validations", "input", "output", "checks", "routed", "reason", "cache",
+    "saved_usd", "policy",
+)
+_INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
+                 f" VALUES ({','.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING")
 
 
 def _event_row(e: Event) -> tuple[Any, ...]:
@@ -34,7 +37,7 @@ def _event_row(e: Event) -> tuple[Any, ...]:
         e.latency_ms, e.input_tokens, e.output_tokens, e.cost_usd, e.user, e.key,
         e.error_code, _dumps(e.timings_ms), _dumps(e.attempts),  # orjson: dataclasses natively
         _dumps(e.validations), _dumps(e.input), _dumps(e.output), _dumps(e.checks),
-        e.routed,
+        e.routed, e.reason, e.cache, e.saved_usd, e.policy,
     )
 
 
@@ -42,9 +45,42 @@ class _Redelivered(Exception):
     """A batch held events stored before (at-least-once delivery)."""
 
 
-class SQLiteStore:
+class SQLiteStore(BaseStore):
+    dialect: Dialect = "sqlite"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    def close(self) -> None:
+        """Nothing to do: every connection is the caller's, closed by the caller."""
+
+    @staticmethod
+    def lock(conn: Connection, name: str) -> None:
+        """Hold the database's write lock for the rest of the transaction (inside ``with
+        conn:``). SQLite has one lock, whatever ``name`` says; a transaction that has
+        written already holds it."""
+        if not getattr(conn, "in_transaction", False):
+            conn.execute("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def transaction(self, name: str) -> Iterator[Connection]:
+        """A transaction holding the write lock from its first statement: committed on
+        exit, rolled back on an exception."""
+        conn = self.connect()
+        conn.isolation_level = None  # we issue BEGIN / COMMIT ourselves
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
 
     def connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,51 +154,3 @@ class SQLiteStore:
             fresh = [e for e in fresh if e.trace_id not in stored]
             conn.executemany(_INSERT_EVENT, map(_event_row, fresh))
             rollups.add_events(conn, fresh)
-
-    @staticmethod
-    def write_reviews(conn: sqlite3.Connection, items: Sequence[ReviewRequest]) -> None:
-        rows = [
-            (r.trace_id, r.ts, r.feature, r.version, r.mode, r.confidence, r.reason,
-             _dumps(r.input), _dumps(r.output), _dumps(r.validations), r.overlap, int(r.audit))
-            for r in items
-        ]
-        with conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO review_items (trace_id, ts, feature, version, mode,"
-                " confidence, reason, input, output, validations, overlap, audit)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def recent_events(self, limit: int = 20, feature: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM events"
-        args: list[Any] = []
-        if feature:
-            sql += " WHERE feature = ?"
-            args.append(feature)
-        sql += " ORDER BY ts DESC LIMIT ?"
-        args.append(limit)
-        with self.connection() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        out = []
-        for row in rows:
-            item = dict(row)
-            for key in ("timings", "attempts", "validations", "input", "output", "checks"):
-                if item[key] is not None:
-                    item[key] = orjson.loads(item[key])
-            out.append(item)
-        return out
-
-    def count_events(self, feature: str | None = None) -> int:
-        with self.connection() as conn:
-            if feature:
-                row = conn.execute("SELECT COUNT(*) FROM events WHERE feature = ?", (feature,)).fetchone()
-            else:
-                row = conn.execute("SELECT COUNT(*) FROM events").fetchone()
-        return int(row[0])
-
-    def pending_reviews(self, feature: str | None = None) -> int:
-        with self.connection() as conn:
-            sql = "SELECT COUNT(*) FROM review_items WHERE status = 'pending'"
-            row = conn.execute(sql + (" AND feature = ?" if feature else ""),
-                               (feature,) if feature else ()).fetchone()
-        return int(row[0])
-

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from keel.store import rollups
+from keel.store.db import Connection, Store
 from keel.store.rollups import COUNTS, HIST, LEVELS, N_BINS, day_start
-from keel.store.sqlite import SQLiteStore
 from keel.types import JSON, Decision
 
 Bucket = Literal["minute", "hour", "day"]
@@ -80,7 +79,7 @@ class _Reader:
     as fine as the bucket; over the whole range (per feature and version) the coarsest
     ones, whatever the bucket."""
 
-    def __init__(self, conn: sqlite3.Connection, since: float, until: float, step: int,
+    def __init__(self, conn: Connection, since: float, until: float, step: int,
                  feature: str | None) -> None:
         self.conn, self.step, self.feature = conn, step, feature
         self.by_bucket = segments(since, until, step)
@@ -98,7 +97,7 @@ class _Reader:
         n_keys = keys.count(",") + 1
         sql = (f"SELECT {keys}, {columns} FROM ({' UNION ALL '.join(parts)}) AS r"
                f" GROUP BY {', '.join(str(i) for i in range(1, n_keys + 1))}")
-        return self.conn.execute(sql, args).fetchall()
+        return list(self.conn.execute(sql, args).fetchall())
 
     def counts(self, keys: str, per_bucket: bool = False) -> list[Any]:
         return self._rows(0, keys, ", ".join(f"SUM({c})" for c in COUNTS), per_bucket)
@@ -193,7 +192,7 @@ def summary(c: Vec, pct: list[float | None]) -> dict[str, JSON]:
     }
 
 
-def overview(store: SQLiteStore, since: float, until: float, bucket: Bucket,
+def overview(store: Store, since: float, until: float, bucket: Bucket,
              feature: str | None = None) -> dict[str, JSON]:
     """Totals, a series per bucket and a row per feature (one feature: also its versions)."""
     step = BUCKETS[bucket]
@@ -274,7 +273,7 @@ def _rows(counts: dict[Any, Vec], latency: dict[Any, Vec], part: int, name: str,
     return out  # type: ignore[return-value]
 
 
-def known_feature(store: SQLiteStore, feature: str) -> bool:
+def known_feature(store: Store, feature: str) -> bool:
     """Whether any call of ``feature`` was ever rolled up."""
     conn = store.connect()
     try:
@@ -284,7 +283,7 @@ def known_feature(store: SQLiteStore, feature: str) -> bool:
         conn.close()
 
 
-def costs(store: SQLiteStore, group: Group, since: float, until: float,
+def costs(store: Store, group: Group, since: float, until: float,
           feature: str | None = None, limit: int = 100) -> dict[str, JSON]:
     """Calls, tokens and cost per key, user, feature, version or UTC day, biggest cost
     first. Keys and users come from ``ledger_key`` / ``ledger_user`` (from ``ledger``

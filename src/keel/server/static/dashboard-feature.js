@@ -4,6 +4,7 @@ import { ApiError, get, isAbort, shared } from "./api.js";
 import { barChart } from "./charts.js";
 import { el, empty, failed, fill, link, load, panel, table } from "./dom.js";
 import { ago, int, isNum, ms, pct, shortId, stamp, usd } from "./format.js";
+import { renderFeedback } from "./dashboard-feedback.js";
 import { noRollout, renderDrift, renderRollout, renderSlos } from "./dashboard-health.js";
 import { renderCalls, renderKpis, renderLatency } from "./dashboard-stats.js";
 
@@ -53,6 +54,7 @@ export async function render(ctx) {
     slo: () => get(`/api/slo/${f}`, {}, { signal }),
     drift: () => get(`/api/drift/${f}`, {}, { signal }),
     reviews: () => get("/api/reviews/stats", { feature: name }, { signal }),
+    feedback: () => get("/api/feedback/stats", { feature: name, ...period }, { signal }),
     info: () => get("/v1/features", {}, { signal }),
   };
   for (const key of ["stats", "versions"]) req[key]();
@@ -64,9 +66,12 @@ export async function render(ctx) {
   const reviewLoad = panel("Review load", {
     actions: el("a", { class: "panel-link", href: "/review", text: "Open the review queue ↗" }) });
   const versions = panel("Versions and aliases", { wide: true });
+  const routing = panel("Routing policy", { wide: true });
+  routing.root.hidden = true; // shown when the feature's routing policy routed calls
   const rollout = panel("Rollout", { wide: true });
   const slo = panel("SLOs");
   const drift = panel("Drift");
+  const feedback = panel("Feedback and outcomes", { wide: true });
   main.replaceChildren(
     el("div", { class: "page-head" },
       el("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, link("/features", "Features"), el("span", { "aria-hidden": "true", text: " / " })),
@@ -75,7 +80,7 @@ export async function render(ctx) {
       el("p", { class: "page-links" },
         link(`/events?feature=${f}`, "Its events"), " · ", link(`/budgets?feature=${f}`, "Its costs"))),
     kpis.root,
-    el("div", { class: "grid" }, calls.root, latency.root, reviewLoad.root, versions.root, rollout.root, slo.root, drift.root));
+    el("div", { class: "grid" }, calls.root, latency.root, reviewLoad.root, versions.root, routing.root, rollout.root, slo.root, drift.root, feedback.root));
 
   // a feature that does not exist: say so once, in place of the page
   try {
@@ -104,9 +109,12 @@ export async function render(ctx) {
       { what: "The review load", endpoint: "GET /api/reviews/stats" }),
     load(versions.body, () => Promise.all([req.versions(), settle(req.stats())]),
       ([v, s]) => renderVersions(versions.body, v, s), { what: "The versions", endpoint: `GET /api/features/${name}/versions` }),
+    req.stats().then((d) => renderRouting(routing, d), () => {}),
     loadRollout(rollout.body, req.rollout, name),
     load(slo.body, req.slo, (d) => renderSlos(slo.body, d, name), { what: "The SLOs", endpoint: `GET /api/slo/${name}` }),
     load(drift.body, req.drift, (d) => renderDrift(drift.body, d, name), { what: "Drift", endpoint: `GET /api/drift/${name}` }),
+    load(feedback.body, req.feedback, (d) => renderFeedback(feedback.body, d, name),
+      { what: "Feedback", endpoint: "GET /api/feedback/stats" }),
   ]);
 }
 
@@ -167,6 +175,23 @@ function renderVersions(body, data, statsResult) {
       : `Per-version numbers could not be loaded: ${err.message}`));
   }
   body.replaceChildren(...parts);
+}
+
+/** What the routing policy chose and saved (stats.routing); hidden without a policy. */
+function renderRouting(p, data) {
+  const r = data?.routing;
+  if (!r || !r.calls) return;
+  p.root.hidden = false;
+  fill(p.body,
+    el("p", { class: "muted small", "data-routing": "saved",
+      text: `${int(r.calls)} calls routed by the policy; saved ${usd(r.saved_usd)} against each call's baseline target (negative: escalations cost more).` }),
+    table([
+      { label: "Choice", value: (x) => el("code", { text: x.policy }) },
+      { label: "Served by", value: (x) => (x.version ? el("code", { text: x.version }) : "—") },
+      { label: "Calls", num: true, value: (x) => int(x.calls) },
+      { label: "Cost", num: true, value: (x) => usd(x.cost_usd) },
+      { label: "Saved", num: true, value: (x) => usd(x.saved_usd) },
+    ], r.rows || [], { caption: "Routing policy: choices and savings", rowAttrs: (x) => ({ "data-policy": x.policy }) }));
 }
 
 function renderReviewLoad(body, data, name) {

@@ -37,6 +37,11 @@ export function renderRollout(body, data) {
       ["latency p95", (v) => ms(v.latency_p95_ms)],
       ["cost per call", (v) => usd(v.cost_per_call_usd)],
     ];
+    // business outcomes (rollout.outcomes judges them): the share of the step's calls with each
+    const outcomes = new Set([...Object.keys(m.candidate?.outcomes || {}), ...Object.keys(m.baseline?.outcomes || {})]);
+    for (const o of [...outcomes].sort()) {
+      rows.push([`outcome ${o}`, (v) => (v.calls ? pct((v.outcomes?.[o] ?? 0) / v.calls) : "—")]);
+    }
     parts.push(table([
       { label: "In this step", value: (row) => row[0] },
       { label: `candidate ${r.candidate ?? ""}`, num: true, value: (row) => row[1](m.candidate || {}) },

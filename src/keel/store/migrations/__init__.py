@@ -6,10 +6,10 @@ subset SQLite and PostgreSQL share, so both backends run the same list.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 from keel.store import rollups
+from keel.store.db import Connection
 
 
 def _rollups_006() -> str:
@@ -378,10 +378,97 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX budget_alerts_ts ON budget_alerts (ts);
         """,
     ),
+    (
+        "008_event_details",
+        # why a call ended as it did (Event.reason), and where its answer came from:
+        # a cache (exact / semantic) or a routing policy's choice, with what that saved
+        """
+        ALTER TABLE events ADD COLUMN reason TEXT;
+        ALTER TABLE events ADD COLUMN cache TEXT;
+        ALTER TABLE events ADD COLUMN saved_usd DOUBLE PRECISION;
+        ALTER TABLE events ADD COLUMN policy TEXT;
+        """,
+    ),
+    (
+        "009_access",
+        # API keys (#7): only the sha256 of a key is kept; id is its first 12 hex digits
+        # (what events record), prefix its first characters (for people). features: a
+        # JSON list, NULL for every feature. audit_log: every control-plane change, a
+        # hash chain (keel.control.audit): seq counts from 1 with no gaps, hash = sha256
+        # over prev_hash and the row
+        """
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            digest TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            features TEXT,
+            created_by TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_by TEXT,
+            revoked_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX api_keys_live_name ON api_keys (name) WHERE revoked_at IS NULL;
+        CREATE TABLE audit_log (
+            seq BIGINT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            details TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_target ON audit_log (target, seq);
+        """,
+    ),
+    (
+        "011_feedback",
+        # end-user feedback and business outcomes per call (keel.control.feedback): one
+        # row per (trace id, kind, outcome name or '', source); the call's feature,
+        # versions and time are copied in, so canary outcome rates need no join
+        """
+        CREATE TABLE feedback (
+            id TEXT PRIMARY KEY,
+            trace_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            source TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            version TEXT,
+            routed TEXT,
+            call_ts DOUBLE PRECISION NOT NULL,
+            user_id TEXT,
+            value DOUBLE PRECISION,
+            comment TEXT,
+            output TEXT,
+            metadata TEXT NOT NULL,
+            key_id TEXT,
+            revision INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (trace_id, kind, name, source)
+        );
+        CREATE INDEX feedback_feature_routed_ts ON feedback (feature, routed, call_ts);
+        CREATE INDEX feedback_feature_updated ON feedback (feature, updated_at);
+        """,
+    ),
+    (
+        "012_retention",
+        # how far pruning got (keel.control.retention): payloads cleared up to a time,
+        # and when the leader last pruned, so a restart does not prune again at once
+        """
+        CREATE TABLE retention_marks (
+            name TEXT PRIMARY KEY,
+            value DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 
 # Python steps run after a migration's SQL, in the same transaction: data the shared SQL
 # subset cannot compute portably (006: the rollups of the events already stored)
-DATA_STEPS: dict[str, Callable[[sqlite3.Connection], object]] = {
+DATA_STEPS: dict[str, Callable[[Connection], object]] = {
     "006_rollups": rollups.backfill,
 }
