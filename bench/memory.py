@@ -85,6 +85,13 @@ def workers_of(keel: Child, n: int) -> list[int]:
     return out
 
 
+def imported(pid: int) -> dict[str, bool]:
+    """Whether big optional libraries are mapped into a process (their shared objects)."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    return {name: f"/{name}/" in maps for name in ("scipy", "onnxruntime", "sklearn")}
+
+
 class Sampler(threading.Thread):
     def __init__(self, keel: Child, workers: int, fake_port: int, database: Path,
                  interval: float) -> None:
@@ -163,11 +170,16 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
     config = workdir / "keel.yaml"
     config.write_text(keel_yaml(up_port, 0))
     database = args.db or workdir / "keel.db"
-    keel = children.start("keel", [py, "-m", "keel", "serve", "--config", str(config), "--db",
-                                   str(database), "--port", str(keel_port), "--workers",
-                                   str(args.workers)],
-                          gateway_cpus if args.workers == 1 else every_cpu,
-                          env={"KEEL_BENCH_KEY": "sk-bench"})
+    if args.launcher == "keel":
+        cmd = [py, "-m", "keel", "serve", "--config", str(config), "--db", str(database),
+               "--port", str(keel_port), "--workers", str(args.workers)]
+    else:  # Keel's app without its CLI, as `keel serve --workers N` runs each worker
+        cmd = [py, "-m", "uvicorn", "keel.server.workers:app", "--factory", "--host",
+               "127.0.0.1", "--port", str(keel_port), "--workers", str(args.workers), "--loop",
+               "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    keel = children.start("keel", cmd, gateway_cpus if args.workers == 1 else every_cpu,
+                          env={"KEEL_BENCH_KEY": "sk-bench", "KEEL_CONFIG": str(config),
+                               "KEEL_DATABASE": str(database)})
     deadline = time.monotonic() + 120
     while True:
         for child in (upstream, keel):
@@ -192,8 +204,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
     sampler = Sampler(keel, args.workers, up_port, database, args.interval)
     first = sampler.sample()
     sampler.samples.append(first)
-    print(f"Keel up ({args.workers} worker(s)), RSS {rss_mb(first):.1f} MB before any load; "
-          f"{args.calls:,} calls at c={args.connections} ...", flush=True)
+    libraries = imported(workers_of(keel, args.workers)[0])
+    print(f"Keel up ({args.workers} worker(s), {' '.join(cmd[2:4])}), RSS {rss_mb(first):.1f} MB "
+          f"before any load (mapped: {', '.join(k for k, v in libraries.items() if v) or 'none'}"
+          f" of scipy, onnxruntime, sklearn); {args.calls:,} calls at c={args.connections} ...",
+          flush=True)
     sampler.start()
     totals = {"requests": 0, "ok": 0, "non200": 0, "badbody": 0, "socket_errors": 0}
     sample_error = ""
@@ -236,7 +251,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
             near = min(points, key=lambda p, m=mark: abs(p[0] - m))
             checkpoints.append([f"{mark:,}", f"{near[0]:,}", f"{near[1]:.1f}"])
     report = "\n".join([
-        f"{final['calls']:,} calls through `keel serve --workers {args.workers}` in "
+        f"{final['calls']:,} calls through `{' '.join(cmd[2:4])} --workers {args.workers}` in "
         f"{load_s:.0f} s ({final['calls'] / load_s:,.0f} calls/s, wrk -c{args.connections}); "
         f"{len(samples)} samples every {args.interval:g} s.", "",
         md_table(["calls (target)", "calls (sample)", "RSS MB (largest worker)"], checkpoints),
@@ -249,19 +264,22 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
         f"{totals['non200']} non-200, {totals['badbody']} bad bodies, "
         f"{totals['socket_errors']} socket errors; Keel recorded {events:,} events for "
         f"{final['calls']:,} upstream calls; database {final['db_mb']:,.0f} MB",
+        f"- before any load: {rss_mb(first):.1f} MB; libraries mapped: "
+        + (", ".join(k for k, v in libraries.items() if v) or "none of scipy, onnxruntime, "
+           "sklearn"),
     ])
     print("\n" + report)
-    write_json(args.out / "memory.json", {
+    write_json(args.out / f"{args.name}.json", {
         "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-        "load_s": load_s, "peak_mb": peak, "slope_mb_per_100k_second_half": per_100k,
+        "command": cmd, "libraries": libraries, "load_s": load_s, "peak_mb": peak, "slope_mb_per_100k_second_half": per_100k,
         "slope_mb_per_100k_from_10k": per_100k_all, "events": events, "wrk": totals,
         "samples": samples,
     })
-    (args.out / "memory.md").write_text(report + "\n")
-    if not args.no_plot and plot(samples, args, args.out / "memory.png",
+    (args.out / f"{args.name}.md").write_text(report + "\n")
+    if not args.no_plot and plot(samples, args, args.out / f"{args.name}.png",
                                  f"{info['nproc']} CPUs, Python {info['python']}"):
-        print(f"plot: {args.out / 'memory.png'}")
-    print(f"results: {args.out / 'memory.json'}; the run took {time.monotonic() - started:.0f} s")
+        print(f"plot: {args.out / f'{args.name}.png'}")
+    print(f"results: {args.out / f'{args.name}.json'}; the run took {time.monotonic() - started:.0f} s")
     bad = totals["non200"] + totals["badbody"] + totals["socket_errors"]
     if bad or sample_error or events < final["calls"] - 10:
         print(f"\nINVALID RUN: {bad} bad answers ({sample_error}); {events} events for "
@@ -276,21 +294,31 @@ def plot(samples: list[dict[str, Any]], args: argparse.Namespace, path: Path,
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    pids = sorted({pid for s in samples for pid in s["workers"]})
-    for i, pid in enumerate(pids):
-        xs = [s["calls"] for s in samples if pid in s["workers"]]
-        rss = [s["workers"][pid]["VmRSS"] * 1024 / 1e6 for s in samples if pid in s["workers"]]
-        anon = [s["workers"][pid]["RssAnon"] * 1024 / 1e6 for s in samples if pid in s["workers"]]
-        name = f"worker {i + 1}" if len(pids) > 1 else "keel serve"
-        ax.plot(xs, rss, color=f"C{i}", lw=1.5, label=f"{name}: RSS")
-        ax.plot(xs, anon, color=f"C{i}", lw=1, ls=":", label=f"{name}: anonymous (heap)")
+    series = [(samples, "keel serve" if args.launcher == "keel" else "uvicorn keel.server")]
+    for other in args.overlay:  # earlier runs' samples, drawn alongside
+        data = json.loads(other.read_text())
+        command = data.get("command") or ["", "", "keel", "serve"]
+        series.append((data["samples"], " ".join(command[2:4]).replace(
+            "uvicorn keel.server.workers:app", "uvicorn keel.server")))
+    i = 0
+    for rows, name in series:
+        pids = sorted({pid for s in rows for pid in s["workers"]})
+        for k, pid in enumerate(pids):
+            xs = [s["calls"] for s in rows if pid in s["workers"]]
+            rss = [s["workers"][pid]["VmRSS"] * 1024 / 1e6 for s in rows if pid in s["workers"]]
+            anon = [s["workers"][pid]["RssAnon"] * 1024 / 1e6 for s in rows
+                    if pid in s["workers"]]
+            label = f"{name}, worker {k + 1}" if len(pids) > 1 else name
+            ax.plot(xs, rss, color=f"C{i}", lw=1.5, label=f"{label}: RSS")
+            ax.plot(xs, anon, color=f"C{i}", lw=1, ls=":", label=f"{label}: anonymous (heap)")
+            i += 1
     ax.axhline(GOAL_MB, color="#c33", ls="--", lw=1, label=f"goal ≤ {GOAL_MB:g} MB")
     ax.set_ylim(0, max(GOAL_MB * 1.15, ax.get_ylim()[1]))
     ax.set_xlabel("calls served")
     ax.set_ylabel("MB")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"Memory of a keel serve worker over {samples[-1]['calls']:,} calls "
+    ax.set_title(f"Memory of a Keel worker over {samples[-1]['calls']:,} calls "
                  f"(feature with every stage on, events recorded) — {subtitle}", fontsize=9)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -309,6 +337,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between samples [2]")
     parser.add_argument("--chunk", type=int, default=30, help="seconds per wrk run [30]")
     parser.add_argument("--db", type=Path, help="Keel's database (default: a temporary file)")
+    parser.add_argument("--launcher", choices=("keel", "uvicorn"), default="keel",
+                        help="keel: `keel serve` (the CLI); uvicorn: `uvicorn --factory "
+                             "keel.server.workers:app`, Keel's app without the CLI's imports")
+    parser.add_argument("--name", default="memory", help="results/<name>.{json,md,png}")
+    parser.add_argument("--overlay", type=Path, nargs="*", default=[],
+                        help="earlier runs' JSON files to draw in the same plot")
     # a long soak on a shared machine: it does not wait for a quiet one
     parser.set_defaults(max_background=0)
     args = parser.parse_args(argv)

@@ -31,7 +31,10 @@ def url_for(path: Path | str) -> str:
 
 
 def store_at(path: Path | str) -> Store:
-    """The store a test's database path stands for, on the backend under test."""
+    """The store a test's database path stands for, on the backend under test (also in
+    fixtures wider than a test, where the per-test Settings patch is not active)."""
+    if BACKEND == "postgres":
+        return open_store(Settings(database=Path(path), database_url=url_for(path)))
     return open_store(Settings(database=Path(path)))
 
 

@@ -4,6 +4,7 @@ of fake upstreams that fail on command."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,9 @@ def test_sigterm_mid_load_keeps_the_event_of_every_answered_call(
             calls = [asyncio.ensure_future(client.post("/v1/features/triage",
                                                        json={"input": {"text": f"m{i}"}}))
                      for i in range(100)]
-            await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 10  # until calls are in flight (a busy machine)
+            while primary.requests < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             await asyncio.to_thread(proc.stop)
             return await asyncio.gather(*calls, return_exceptions=True)
 

@@ -13,6 +13,7 @@ the server against this document.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from keel.control.registry import ALIAS
 from keel.control.registry import NAME as VERSION_NAME
 from keel.control.reviews import ORDERS, STATUSES
 from keel.server.access import RULES
+from keel.server.reviews import MAX_INT
 from keel.server.rollouts import ACTIONS
 from keel.spec import VersionSpec
 from keel.store.stats import BUCKETS, GROUPS
@@ -37,9 +39,7 @@ def _q(name: str, schema: JSONObj, description: str, required: bool = False) -> 
 
 
 def _int(name: str, lo: int, hi: int | None, default: int | None, what: str = "") -> JSONObj:
-    schema: JSONObj = {"type": "integer", "minimum": lo}
-    if hi is not None:
-        schema["maximum"] = hi
+    schema: JSONObj = {"type": "integer", "minimum": lo, "maximum": MAX_INT if hi is None else hi}
     if default is not None:
         schema["default"] = default
     return _q(name, schema, what or name)
@@ -266,8 +266,8 @@ def install(app: FastAPI) -> None:
     derive = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = complete(derive())
+        if app.openapi_schema is None:  # a copy: it shares no dict with this module's tables
+            app.openapi_schema = copy.deepcopy(complete(derive()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -291,6 +291,10 @@ class PostgresStore(BaseStore):
                 return
         raw.close()
 
+    def __del__(self) -> None:
+        with suppress(Exception):  # a store dropped without close(): its idle connections
+            self.close()
+
     def close(self) -> None:
         """Close the idle connections (lent ones close when handed back after this)."""
         with self._lock:
